@@ -1,0 +1,57 @@
+"""Configuration of each executor backend, discriminated on ``type``.
+
+Kept apart from the backends themselves so that loading a configuration never
+imports the docker SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _ExecutorConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalExecutorConfig(_ExecutorConfigBase):
+    """Run the agent as a host process. Isolates nothing: trusted input only."""
+
+    type: Literal["local"] = "local"
+    cli_path: str | None = Field(
+        default=None, description="Claude Code CLI to run; default: the one bundled in claude-agent-sdk"
+    )
+
+
+class _ContainerLimits(_ExecutorConfigBase):
+    image: str | None = Field(default=None, description="sandbox image; default: fsrlm-sandbox:<version>")
+    memory: str = Field(default="2g", description="memory limit (swap included)")
+    cpus: float = Field(default=1.0, gt=0, description="CPU limit")
+    pids_limit: int = Field(default=256, ge=32)
+    tmpfs_size: str = Field(default="256m", description="size cap of each tmpfs (/tmp, home, CLI dirs)")
+    runtime: str | None = Field(default=None, description="OCI runtime, e.g. runsc for gVisor")
+    max_result_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="cap on any file read back")
+
+
+class DockerExecutorConfig(_ContainerLimits):
+    """Run the agent in a locked-down container on the local Docker engine."""
+
+    type: Literal["docker"] = "docker"
+
+
+class RemoteDockerExecutorConfig(_ContainerLimits):
+    """Run the agent in the same container on a Docker engine reached over the network."""
+
+    type: Literal["remote-docker"] = "remote-docker"
+    host: str | None = Field(default=None, description="ssh://user@host or tcp://host:2376; default: DOCKER_HOST")
+    tls_verify: bool | None = None
+    cert_path: str | None = None
+
+
+ExecutorConfig = Annotated[
+    Union[LocalExecutorConfig, DockerExecutorConfig, RemoteDockerExecutorConfig],
+    Field(discriminator="type"),
+]
+
+EXECUTOR_TYPES = ("local", "docker", "remote-docker")

@@ -1,0 +1,123 @@
+"""The locked-down container settings, as plain data.
+
+``container_options`` is a pure function: it turns the executor config and the
+run's particulars into the keyword arguments of the docker SDK's low-level
+``APIClient.create_container`` (``create``) and ``create_host_config``
+(``host_config``). Nothing here talks to Docker, so tests can check every
+default without an engine.
+
+What it sets, and why:
+
+* ``network_mode="none"``: the only way out is the broker socket.
+* ``read_only`` root; tmpfs with size caps for ``/tmp`` and ``$HOME``; the
+  workspace is the only writable bind mount; the broker socket is mounted
+  read-only (connecting to a unix socket does not need a writable mount).
+* ``cap_drop=ALL``, ``no-new-privileges``, Docker's default seccomp profile
+  (never ``seccomp=unconfined``), a non-root user, ``init`` to reap zombies.
+* pids, memory (swap included) and CPU limits; ``runtime`` (e.g. gVisor's
+  ``runsc``) only when configured.
+* labels so leftovers can always be found and removed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker.types import Mount
+
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
+from executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
+
+WORKSPACE = "/workspace"
+HOME = "/home/sandbox"
+BROKER_SOCKET = "/run/fsrlm/broker.sock"
+RELAY_URL = "http://127.0.0.1:8080"
+CLI_PATH = "/usr/local/bin/claude"
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+
+
+@dataclass(frozen=True)
+class ContainerOptions:
+    """Arguments of ``api.create_container(**create, host_config=api.create_host_config(**host_config))``."""
+
+    create: dict[str, Any] = field(default_factory=dict)
+    host_config: dict[str, Any] = field(default_factory=dict)
+
+
+def run_labels(run_id: str, created: float | None = None) -> dict[str, str]:
+    """The labels every container and volume of one run carries."""
+    return {
+        LABEL_APP: "1",
+        LABEL_RUN_ID: run_id,
+        LABEL_CREATED: str(int(created if created is not None else time.time())),
+    }
+
+
+def container_options(
+    config: DockerExecutorConfig | RemoteDockerExecutorConfig,
+    *,
+    image: str,
+    command: list[str],
+    environment: dict[str, str],
+    run_id: str,
+    user: tuple[int, int] = (SANDBOX_UID, SANDBOX_GID),
+    workspace: Path | None = None,
+    broker_socket: Path | None = None,
+    name: str | None = None,
+    created: float | None = None,
+) -> ContainerOptions:
+    """Everything ``create_container`` needs for one hardened agent container.
+
+    ``workspace`` and ``broker_socket`` are host paths to bind-mount; the
+    remote backend passes neither (it copies files and tunnels the broker).
+    """
+    uid, gid = user
+    size = config.tmpfs_size
+    mounts: list[Mount] = []
+    if workspace is not None:
+        mounts.append(Mount(target=WORKSPACE, source=str(workspace), type="bind", read_only=False))
+    if broker_socket is not None:
+        mounts.append(Mount(target=BROKER_SOCKET, source=str(broker_socket), type="bind", read_only=True))
+
+    host_config: dict[str, Any] = {
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {
+            # exec: the CLI and scripts may need to run helpers they unpack to /tmp.
+            "/tmp": f"rw,nosuid,nodev,exec,size={size},mode=1777",
+            HOME: f"rw,nosuid,nodev,noexec,size={size},mode=0700,uid={uid},gid={gid}",
+        },
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "init": True,
+        "pids_limit": config.pids_limit,
+        "mem_limit": config.memory,
+        "memswap_limit": config.memory,
+        "nano_cpus": int(round(config.cpus * 1e9)),
+        "ipc_mode": "private",
+        "mounts": mounts,
+        # The attach stream carries the output; keep the daemon's copy small.
+        "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
+    }
+    if config.runtime:
+        host_config["runtime"] = config.runtime
+
+    create: dict[str, Any] = {
+        "image": image,
+        "command": list(command),
+        "environment": dict(environment),
+        "user": f"{uid}:{gid}",
+        "working_dir": WORKSPACE,
+        "labels": run_labels(run_id, created),
+        "hostname": "sandbox",
+        "stdin_open": True,
+        "stdin_once": True,  # closing our stdin half closes the agent's stdin
+        "tty": False,
+    }
+    if name:
+        create["name"] = name
+    return ContainerOptions(create=create, host_config=host_config)

@@ -1,0 +1,343 @@
+"""Build the sandbox image, once, and never use a stale one.
+
+``ensure_image`` assembles the build context (``images/sandbox/``, the
+in-sandbox relay from ``tools/relay.py`` and the Claude Code CLI binary from
+the installed ``claude-agent-sdk`` wheel), fingerprints it, and builds
+``fsrlm-sandbox:<fsrlm version>`` labelled ``fsrlm.image-hash=<fingerprint>``.
+When an image with that tag and fingerprint exists it returns at once; an
+image whose fingerprint differs is rebuilt, never used.
+
+The base image (``BASE_IMAGE``, default ``python:3.11-slim-bookworm``) is used
+when present, pulled when possible, and otherwise replaced by
+``fsrlm-base:bookworm`` built from Debian packages by
+``images/base/build-base.sh`` (for hosts that cannot reach a registry).
+
+``python -m executors.docker.image`` builds it and prints the tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from fsrlm.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_REPO = "fsrlm-sandbox"
+DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+LOCAL_BASE_IMAGE = "fsrlm-base:bookworm"
+LABEL_IMAGE_HASH = "fsrlm.image-hash"
+LABEL_BASE_IMAGE = "fsrlm.base-image"
+PULL_TIMEOUT_SECONDS = 60.0
+BASE_BUILD_TIMEOUT_SECONDS = 900.0
+
+_FIX_DAEMON = "start it with `sudo systemctl start docker` or `scripts/ensure-docker.sh`"
+_process_lock = threading.Lock()
+
+
+def fsrlm_version() -> str:
+    try:
+        return importlib.metadata.version("fsrlm")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def default_tag() -> str:
+    return f"{IMAGE_REPO}:{fsrlm_version()}"
+
+
+def _package_root() -> Path:
+    # executors/docker/image.py -> the folder holding images/ and tools/
+    return Path(__file__).resolve().parents[2]
+
+
+def cli_binary() -> Path:
+    """The Claude Code CLI bundled in the installed claude-agent-sdk wheel."""
+    spec = importlib.util.find_spec("claude_agent_sdk")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImageError("claude-agent-sdk is not installed; `pip install claude-agent-sdk` (it bundles the CLI).")
+    path = Path(next(iter(spec.submodule_search_locations))) / "_bundled" / "claude"
+    if not path.is_file():
+        raise ImageError(
+            f"The claude-agent-sdk wheel has no bundled CLI at {path}; reinstall it "
+            "(`pip install --force-reinstall claude-agent-sdk`) from a platform wheel."
+        )
+    return path
+
+
+def build_inputs() -> dict[str, Path]:
+    """Build-context name -> source file."""
+    root = _package_root()
+    sandbox = root / "images" / "sandbox"
+    inputs = {
+        "Dockerfile": sandbox / "Dockerfile",
+        "entrypoint.sh": sandbox / "entrypoint.sh",
+        "managed-settings.json": sandbox / "managed-settings.json",
+        "relay.py": root / "tools" / "relay.py",
+        "claude": cli_binary(),
+    }
+    missing = [str(p) for p in inputs.values() if not p.is_file()]
+    if missing:
+        raise ImageError(f"Sandbox image inputs are missing: {', '.join(missing)}; reinstall fsrlm.")
+    return inputs
+
+
+def input_hash(inputs: dict[str, Path], base_image: str) -> str:
+    """Fingerprint of the build inputs and the requested base image.
+
+    Small files are hashed by content. The ~400 MB CLI binary is fingerprinted
+    by its version file, size, mtime and inode (any reinstall of the wheel
+    changes these), which keeps the no-op check fast.
+    """
+    h = hashlib.sha256()
+    h.update(f"base={base_image}\n".encode())
+    for name in sorted(inputs):
+        path = inputs[name]
+        st = path.stat()
+        h.update(f"{name}:{st.st_mode & 0o111:o}:".encode())
+        if name == "claude":
+            version_file = path.with_name("claude.version")
+            version = version_file.read_text().strip() if version_file.is_file() else ""
+            h.update(f"{version}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+        else:
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(b"\n")
+    return h.hexdigest()[:32]
+
+
+def _docker_errors():
+    import docker.errors
+
+    return docker.errors
+
+
+@contextlib.contextmanager
+def _build_lock(tag: str) -> Iterator[None]:
+    """One build of a tag at a time, in this process and across processes."""
+    safe = "".join(c if c.isalnum() else "_" for c in tag)
+    path = Path(tempfile.gettempdir()) / f"fsrlm-image-{os.getuid()}-{safe}.lock"
+    with _process_lock, open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _image_or_none(client, name: str):
+    errors = _docker_errors()
+    try:
+        return client.images.get(name)
+    except errors.ImageNotFound:
+        return None
+    except errors.DockerException as e:
+        raise ImageError(f"Cannot query Docker for image {name}: {e}; {_FIX_DAEMON}.") from e
+
+
+def _pull(client, image: str, timeout: float) -> bool:
+    """Try to pull ``image``; False (quietly) when the registry is unreachable."""
+    repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+    outcome: list[bool] = []
+
+    def run() -> None:
+        try:
+            client.images.pull(repo, tag=tag)
+            outcome.append(True)
+        except Exception as e:  # noqa: BLE001 - any failure means "not available"
+            logger.info("cannot pull %s: %s", image, str(e).splitlines()[0] if str(e) else e)
+            outcome.append(False)
+
+    thread = threading.Thread(target=run, name=f"fsrlm-pull-{image}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        logger.info("pulling %s took longer than %.0f s; giving up", image, timeout)
+        return False
+    return bool(outcome and outcome[0])
+
+
+def build_local_base(tag: str = LOCAL_BASE_IMAGE) -> str:
+    """Build a Debian bookworm + python3 base from Debian packages (no registry)."""
+    script = _package_root() / "images" / "base" / "build-base.sh"
+    logger.info("building the base image %s from Debian packages (about 20 s)", tag)
+    try:
+        proc = subprocess.run(
+            ["bash", str(script), tag],
+            capture_output=True,
+            text=True,
+            timeout=BASE_BUILD_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ImageError(f"Building the base image with {script} failed: {e}") from e
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-5:])
+        raise ImageError(
+            f"Building the base image with {script} failed ({tail}). Either make a base image with python3 "
+            f"available (`docker pull {DEFAULT_BASE_IMAGE}` or `docker load`) and pass it as base_image, "
+            "or install mmdebstrap (`apt-get install mmdebstrap`) and retry."
+        )
+    return tag
+
+
+def resolve_base_image(client, base_image: str | None = None, *, pull_timeout: float = PULL_TIMEOUT_SECONDS) -> str:
+    """The base to build on: the requested one if present or pullable, else the local Debian build.
+
+    An explicitly requested ``base_image`` never falls back silently.
+    """
+    requested = base_image or DEFAULT_BASE_IMAGE
+    if _image_or_none(client, requested) is not None:
+        return requested
+    if _pull(client, requested, pull_timeout):
+        return requested
+    if base_image is not None:
+        raise ImageError(
+            f"Base image {base_image} is not on this Docker host and cannot be pulled; "
+            f"`docker load` it, or leave base_image unset to build {LOCAL_BASE_IMAGE} from Debian packages."
+        )
+    if _image_or_none(client, LOCAL_BASE_IMAGE) is not None:
+        return LOCAL_BASE_IMAGE
+    return build_local_base(LOCAL_BASE_IMAGE)
+
+
+def _write_context(inputs: dict[str, Path], fileobj) -> None:
+    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mtime = 0
+        return info
+
+    with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        for name, path in sorted(inputs.items()):
+            tar.add(str(path), arcname=name, recursive=False, filter=reset)
+    fileobj.seek(0)
+
+
+def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str, nocache: bool):
+    errors = _docker_errors()
+    labels = {"fsrlm": "1", LABEL_IMAGE_HASH: digest, LABEL_BASE_IMAGE: base}
+    log_tail: deque[str] = deque(maxlen=20)
+    logger.info("building %s on %s", tag, base)
+    start = time.monotonic()
+    with tempfile.TemporaryFile(prefix="fsrlm-image-context-") as context:
+        _write_context(inputs, context)
+        try:
+            stream = client.api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                buildargs={"BASE_IMAGE": base},
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                nocache=nocache,
+                decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    tail = " | ".join(log_tail)
+                    raise ImageError(f"Building {tag} failed: {detail.strip()} (last output: {tail})")
+                text = chunk.get("stream", "").strip()
+                if text:
+                    log_tail.append(text)
+                    logger.debug("build: %s", text)
+        except errors.DockerException as e:
+            raise ImageError(f"Building {tag} failed: {e}; check the Docker daemon ({_FIX_DAEMON}).") from e
+    image = _image_or_none(client, tag)
+    if image is None or image.labels.get(LABEL_IMAGE_HASH) != digest:
+        raise ImageError(f"Building {tag} finished but the image is missing or unlabelled; retry with force=True.")
+    logger.info("built %s (%s) in %.1f s", tag, image.short_id, time.monotonic() - start)
+    return image
+
+
+def ensure_image(
+    client,
+    tag: str | None = None,
+    *,
+    base_image: str | None = None,
+    force: bool = False,
+    pull_timeout: float = PULL_TIMEOUT_SECONDS,
+) -> str:
+    """Make sure the sandbox image for the current inputs exists; return its tag.
+
+    Fast no-op when ``tag`` already carries the current fingerprint. ``force``
+    rebuilds without the layer cache. Raises ``ImageError`` with what to do.
+    """
+    tag = tag or default_tag()
+    inputs = build_inputs()
+    requested_base = base_image or DEFAULT_BASE_IMAGE
+    digest = input_hash(inputs, requested_base)
+    existing = _image_or_none(client, tag)
+    if existing is not None and not force and existing.labels.get(LABEL_IMAGE_HASH) == digest:
+        return tag
+    with _build_lock(tag):
+        existing = _image_or_none(client, tag)  # another process may have built it meanwhile
+        if existing is not None and not force and existing.labels.get(LABEL_IMAGE_HASH) == digest:
+            return tag
+        if existing is not None and not force:
+            logger.info("image %s is stale (inputs changed); rebuilding", tag)
+        base = resolve_base_image(client, base_image, pull_timeout=pull_timeout)
+        image = _build(client, tag, inputs, base=base, digest=digest, nocache=force)
+        if existing is not None and existing.id != image.id:
+            _remove_quietly(client, existing.id)
+    return tag
+
+
+def _remove_quietly(client, image_id: str) -> None:
+    errors = _docker_errors()
+    try:
+        client.images.remove(image_id)
+    except errors.DockerException as e:  # still used by a container, or already gone
+        logger.debug("left the previous image %s in place: %s", image_id, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the fsRLM sandbox image if needed and print its tag."""
+    parser = argparse.ArgumentParser(prog="python -m executors.docker.image", description=main.__doc__)
+    parser.add_argument("--tag", default=None, help=f"image tag (default {default_tag()})")
+    parser.add_argument("--base-image", default=None, help=f"base image with python3 (default {DEFAULT_BASE_IMAGE})")
+    parser.add_argument("--force", action="store_true", help="rebuild without the layer cache")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the build output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - docker raises many kinds here
+        print(f"error: cannot reach the Docker daemon ({e}); {_FIX_DAEMON}.", file=sys.stderr)
+        return 2
+    try:
+        print(ensure_image(client, args.tag, base_image=args.base_image, force=args.force))
+    except ImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The local executor: the agent runs as a host process in the run folder.
+
+It isolates nothing — the agent's scripts can read and write anything the user
+can — so it is for trusted input only. Credentials still stay in the broker:
+the process gets a scrubbed environment with the run token and no API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from claude_agent_sdk import __file__ as _sdk_file
+
+from executors.base import AgentProcess, ExecResult, Executor, Sandbox, SandboxSpec
+from executors.configs import LocalExecutorConfig
+from fsrlm.errors import ExecutorUnavailable, SandboxError
+
+STDOUT_LINE_LIMIT = 64 * 1024 * 1024
+# Host variables that are safe and useful to keep; everything else is dropped.
+_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def bundled_cli() -> Path:
+    return Path(_sdk_file).parent / "_bundled" / "claude"
+
+
+class LocalProcess(AgentProcess):
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._stderr_tail = b""
+        self._killed = False
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        while chunk := await self._proc.stderr.read(65536):
+            self._stderr_tail = (self._stderr_tail + chunk)[-4000:]
+
+    async def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise SandboxError(f"the agent process closed its input: {e}") from None
+
+    async def close_stdin(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
+
+    async def stdout_lines(self) -> AsyncIterator[bytes]:
+        assert self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            yield line.rstrip(b"\n")
+
+    async def wait(self) -> ExecResult:
+        code = await self._proc.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 2)
+        return ExecResult(exit_code=code, killed=self._killed,
+                          stderr_tail=self._stderr_tail.decode("utf-8", "replace"))
+
+    async def kill(self) -> None:
+        if self._proc.returncode is None:
+            self._killed = True
+            # The CLI and every script it started share one process group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            await self._proc.wait()
+        self._stderr_task.cancel()
+
+
+class LocalSandbox(Sandbox):
+    def __init__(self, spec: SandboxSpec, cli_path: str, broker_url: str) -> None:
+        self.spec = spec
+        self.cli_path = cli_path
+        self.workspace_path = str(spec.workspace)
+        self.broker_url = broker_url
+        self._process: LocalProcess | None = None
+
+    async def start_agent(self, argv: list[str], env: dict[str, str]) -> AgentProcess:
+        ws = self.workspace_path
+        home = Path(ws) / ".agent" / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        full_env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+        full_env |= env
+        full_env |= {
+            "HOME": str(home),
+            "FSRLM_BROKER_URL": self.broker_url,
+            "ANTHROPIC_BASE_URL": self.broker_url,
+            "ANTHROPIC_BEDROCK_BASE_URL": self.broker_url,
+            "FSRLM_WORKSPACE": ws,
+            "PYTHONPATH": str(Path(ws) / "tools"),
+            "CLAUDE_CONFIG_DIR": str(Path(ws) / ".agent"),
+        }
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.cli_path, *argv, cwd=ws, env=full_env,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True, limit=STDOUT_LINE_LIMIT,
+            )
+        except OSError as e:
+            raise SandboxError(f"cannot start the Claude Code CLI at {self.cli_path}: {e.strerror}") from None
+        self._process = LocalProcess(proc)
+        return self._process
+
+    async def collect(self) -> None:
+        return None  # the agent wrote straight into the run folder
+
+    async def close(self) -> None:
+        if self._process is not None:
+            await self._process.kill()
+            self._process = None
+
+
+class LocalExecutor(Executor):
+    name = "local"
+    isolates = False
+
+    def __init__(self, config: LocalExecutorConfig | None = None) -> None:
+        self.config = config or LocalExecutorConfig()
+        self.cli_path = self.config.cli_path or str(bundled_cli())
+
+    async def check(self) -> None:
+        if not os.access(self.cli_path, os.X_OK):
+            raise ExecutorUnavailable(
+                f"the Claude Code CLI was not found at {self.cli_path}; reinstall claude-agent-sdk "
+                "(it bundles the CLI) or set executor.cli_path"
+            )
+
+    async def prepare(self, spec: SandboxSpec) -> Sandbox:
+        port = await spec.broker.open_tcp()
+        return LocalSandbox(spec, self.cli_path, f"http://127.0.0.1:{port}")

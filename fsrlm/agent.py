@@ -1,0 +1,113 @@
+"""Driving the Claude Code CLI inside a sandbox through the Claude Agent SDK.
+
+The SDK speaks the CLI's stream-json control protocol; ``SandboxTransport``
+gives it the stdin/stdout of a process that the executor started — a host
+process, or one inside a container — so the same SDK code drives both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from claude_agent_sdk import Transport
+
+from executors.base import AgentProcess, ExecResult, Sandbox
+
+logger = logging.getLogger(__name__)
+
+# What the agent may use: files in its workspace, a shell, and skills. No web tools.
+ALLOWED_TOOLS = ("Bash", "Read", "Write", "Edit", "Glob", "Grep", "TodoWrite", "Skill")
+DISALLOWED_TOOLS = ("WebFetch", "WebSearch", "NotebookEdit")
+
+
+def cli_argv(*, model: str, max_turns: int, system_append: str, resume: str | None = None) -> list[str]:
+    """Arguments for the CLI (without its path)."""
+    argv = [
+        "--output-format", "stream-json", "--input-format", "stream-json", "--verbose",
+        f"--model={model}",
+        "--max-turns", str(max_turns),
+        "--append-system-prompt", system_append,
+        # Allow rules rather than bypassPermissions: the CLI refuses the latter as
+        # root, and allow rules say exactly what the agent may use.
+        "--permission-mode", "default",
+        "--allowedTools", ",".join(ALLOWED_TOOLS),
+        "--disallowedTools", ",".join(DISALLOWED_TOOLS),
+        "--setting-sources", "project",
+    ]
+    if resume:
+        argv.append(f"--resume={resume}")
+    return argv
+
+
+def agent_env(*, token: str, run_id: str, depth: int, concurrency: int, bedrock: bool) -> dict[str, str]:
+    """Variables for the agent and its scripts. The run token is the only secret, and only for this run."""
+    env = {
+        "FSRLM_BROKER_TOKEN": token,
+        "ANTHROPIC_API_KEY": token,
+        "FSRLM_RUN_ID": run_id,
+        "FSRLM_DEPTH": str(depth),
+        "FSRLM_SUBCALL_CONCURRENCY": str(concurrency),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_AGENT_SDK_SKIP_VERSION_CHECK": "1",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if bedrock:
+        # The CLI sends unsigned Bedrock requests to the broker, which signs them.
+        env |= {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1"}
+    return env
+
+
+class SandboxTransport(Transport):
+    """An SDK transport over an executor's ``AgentProcess``."""
+
+    def __init__(self, sandbox: Sandbox, argv: list[str], env: dict[str, str]) -> None:
+        self._sandbox = sandbox
+        self._argv = argv
+        self._env = env
+        self.process: AgentProcess | None = None
+        self.exit: ExecResult | None = None
+
+    async def connect(self) -> None:
+        if self.process is None:
+            self.process = await self._sandbox.start_agent(self._argv, self._env)
+
+    async def write(self, data: str) -> None:
+        assert self.process is not None
+        await self.process.write(data.encode())
+
+    async def end_input(self) -> None:
+        if self.process is not None:
+            await self.process.close_stdin()
+
+    def read_messages(self) -> AsyncIterator[dict[str, Any]]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[dict[str, Any]]:
+        assert self.process is not None
+        async for line in self.process.stdout_lines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                logger.debug("non-JSON line from the CLI: %.200r", line)
+                continue
+            if isinstance(message, dict):
+                yield message
+        self.exit = await self.process.wait()
+
+    def is_ready(self) -> bool:
+        return self.process is not None
+
+    async def close(self) -> None:
+        if self.process is not None:
+            await self.process.kill()

@@ -1,0 +1,288 @@
+"""The broker: a host-side HTTP service, one per run, that owns keys, limits, cache and audit.
+
+It listens on a unix socket in a private folder (and, for the local executor, on
+a loopback port). Every request must carry the run's random token; the token
+authorises calls against *this run's* limits and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from executors.base import BrokerEndpoint
+from fsrlm.broker.accounting import UsageSniffer
+from fsrlm.broker.audit import AuditLog, CallRecord
+from fsrlm.broker.cache import ResponseCache
+from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
+from fsrlm.broker.pricing import cost_usd
+from fsrlm.broker.upstreams.retry import with_retries
+from fsrlm.broker.subcalls import SubcallService, parse_request
+from fsrlm.broker.upstreams import create_upstream
+from fsrlm.config import UpstreamConfig
+from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds of MB do not
+ROOT_SCRIPT = "(root agent)"
+# Response headers worth passing back to the CLI.
+_PASS_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "anthropic-ratelimit-requests-remaining")
+
+
+class BrokerSettings(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    token: str
+    workspace: Path
+    submodel: str
+    limits: RunLimits
+    upstream: UpstreamConfig
+    cache_dir: Path | None  # None: caching off
+    subcall_concurrency: int = Field(gt=0)
+    retry_base_wait: float = 0.5
+
+
+NestedRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
+
+
+def error_response(status: int, kind: str, message: str, limit: str | None = None) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message, "limit": limit}}
+    return web.json_response(body, status=status)
+
+
+class Broker:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        depth: int = 0,
+        shared: SharedLedger | None = None,
+        nested_runner: NestedRunner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = RunLedger(limits=settings.limits, depth=depth, shared=shared or SharedLedger())
+        self.audit = AuditLog(settings.workspace)
+        self.nested_runner = nested_runner
+        self.fatal_errors: list[str] = []  # e.g. the upstream rejected our credentials
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._socket_dir: Path | None = None
+        self._tcp_port: int | None = None
+        self._service: SubcallService | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> BrokerEndpoint:
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max(64, s.subcall_concurrency * 2)),
+            auto_decompress=True,
+        )
+        try:
+            upstream = create_upstream(s.upstream, self._session)
+            self._service = SubcallService(
+                upstream=upstream, ledger=self.ledger, audit=self.audit,
+                cache=ResponseCache(s.cache_dir) if s.cache_dir else None,
+                submodel=s.submodel, concurrency=s.subcall_concurrency,
+                max_retries=s.upstream.max_retries, retry_base_wait=s.retry_base_wait,
+            )
+            self._upstream = upstream
+            app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
+            app.router.add_post("/v1/messages", self._root_call)
+            app.router.add_post("/model/{model_id}/{action}", self._root_call)  # Bedrock-mode CLI
+            app.router.add_post("/fsrlm/v1/subcall", self._subcall)
+            app.router.add_post("/fsrlm/v1/rlm_query", self._rlm_query)
+            app.router.add_get("/fsrlm/v1/budget", self._budget)
+            app.router.add_get("/fsrlm/v1/health", self._health)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            await self._runner.setup()
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="fsrlm-broker-"))  # mode 0700
+            socket_path = self._socket_dir / "broker.sock"
+            await web.UnixSite(self._runner, str(socket_path)).start()
+            socket_path.chmod(0o600)
+        except BaseException:
+            await self.stop()
+            raise
+        return BrokerEndpoint(unix_socket=socket_path, open_tcp=self.open_tcp)
+
+    async def open_tcp(self) -> int:
+        """Also listen on a random loopback port (for agents running on the host)."""
+        if self._tcp_port is None:
+            assert self._runner is not None
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self._tcp_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self._tcp_port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def records(self) -> list[CallRecord]:
+        return self.audit.records
+
+    # -- middleware ---------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if not self._authorised(request):
+            return error_response(401, "authentication_error", "missing or wrong run token")
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "request_too_large", f"request larger than {MAX_REQUEST_BYTES} bytes")
+        except web.HTTPException as e:
+            return error_response(e.status, "invalid_request_error", e.reason)
+        except LimitExceeded as e:
+            return error_response(403, "limit_exceeded", str(e), e.limit)
+        except InputError as e:
+            return error_response(400, "invalid_request_error", str(e))
+        except UpstreamAuthError as e:
+            self._fatal(f"The model API rejected the broker's credentials: {e}")
+            return error_response(502, "upstream_error", str(e))
+        except UpstreamError as e:
+            return error_response(502, "upstream_error", str(e))
+
+    def _authorised(self, request: web.Request) -> bool:
+        offered = request.headers.get("x-api-key", "")
+        auth = request.headers.get("authorization", "")
+        if not offered and auth.lower().startswith("bearer "):
+            offered = auth[7:].strip()
+        return hmac.compare_digest(offered.encode(), self.settings.token.encode())
+
+    def _fatal(self, message: str) -> None:
+        if message not in self.fatal_errors:
+            self.fatal_errors.append(message)
+
+    # -- handlers -----------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "run_id": self.settings.run_id})
+
+    async def _budget(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ledger.snapshot(request.headers.get("x-fsrlm-script")))
+
+    async def _subcall(self, request: web.Request) -> web.Response:
+        assert self._service is not None
+        script = (request.headers.get("x-fsrlm-script") or "<unknown>")[:256]
+        req = parse_request(await request.read())
+        answer = await self._service.call(script, req)
+        return web.json_response(answer.model_dump())
+
+    async def _rlm_query(self, request: web.Request) -> web.Response:
+        try:
+            payload = _RlmQuery.model_validate_json(await request.read())
+        except ValidationError as e:
+            raise InputError(f"invalid rlm_query request: {e.errors()[0]['msg']}") from None
+        script = (request.headers.get("x-fsrlm-script") or "<unknown>")[:256]
+        started = time.perf_counter()
+        try:
+            self.ledger.check_depth()
+            self.ledger.check_budget()
+        except LimitExceeded as e:
+            self.audit.add(CallRecord(kind="rlm_query", script=script, model=self.settings.submodel,
+                                      status="refused", limit=e.limit, error=str(e)))
+            raise
+        if self.nested_runner is None:
+            raise LimitExceeded("nested runs are not available in this broker", limit="max_depth")
+        result = await self.nested_runner(payload.prompt, payload.context)
+        self.audit.add(CallRecord(kind="rlm_query", script=script, model=self.settings.submodel,
+                                  status="ok" if result.get("success") else "error",
+                                  latency_ms=round((time.perf_counter() - started) * 1000, 3)))
+        return web.json_response(result)
+
+    async def _root_call(self, request: web.Request) -> web.StreamResponse:
+        """Pass the CLI's model call through unchanged, counting its cost."""
+        self.ledger.check_budget()
+        data = await request.read()
+        model = request.match_info.get("model_id") or _model_of(data) or "unknown"
+        started = time.perf_counter()
+        upstream = self._upstream
+        try:
+            response = await with_retries(
+                lambda: upstream.request("POST", request.path_qs, dict(request.headers), data),
+                max_retries=self.settings.upstream.max_retries,
+                base_wait=self.settings.retry_base_wait,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            self._root_record(model, "error", started, error=repr(e))
+            return error_response(502, "upstream_error", f"model API unreachable after retries: {e!r}")
+
+        out = web.StreamResponse(status=response.status)
+        for name in _PASS_HEADERS:
+            if name in response.headers:
+                out.headers[name] = response.headers[name]
+        sniffer = UsageSniffer(response.headers.get("content-type", ""))
+        error: str | None = None
+        try:
+            await out.prepare(request)
+            async for chunk in response.content.iter_any():
+                sniffer.feed(chunk)
+                await out.write(chunk)
+            await out.write_eof()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionResetError) as e:
+            error = f"stream interrupted: {e!r}"
+        finally:
+            response.release()
+        usage = sniffer.finish()
+        cost = cost_usd(model, usage.input_tokens, usage.output_tokens,
+                        usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
+        self.ledger.charge(cost, root=True)
+        if response.status in (401, 403):
+            self._fatal(f"The model API rejected the broker's credentials (HTTP {response.status}).")
+        status = "ok" if response.status == 200 and error is None else "error"
+        self._root_record(model, status, started, usage.input_tokens, usage.output_tokens, cost,
+                          error=error or (None if response.status == 200 else f"HTTP {response.status}"))
+        return out
+
+    def _root_record(self, model: str, status: Any, started: float, input_tokens: int = 0,
+                     output_tokens: int = 0, cost: float = 0.0, *, error: str | None = None) -> None:
+        self.audit.add(CallRecord(
+            kind="root", script=ROOT_SCRIPT, model=model, status=status, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost_usd=cost, error=error,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        ))
+
+
+class _RlmQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    context: str = ""
+
+
+def _model_of(data: bytes) -> str | None:
+    try:
+        value = json.loads(data).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+

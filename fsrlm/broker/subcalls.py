@@ -1,0 +1,203 @@
+"""Subcalls: one model call on behalf of an agent script, with limits and the cache.
+
+Order of operations, which the tests pin down:
+
+1. validate the request (400) and fill in the run's submodel and token cap;
+2. look in the cache — a hit is answered at once, free, never refused;
+3. reserve a slot with the ledger (403 ``limit_exceeded`` when a cap is hit);
+4. call the upstream (bounded by ``subcall_concurrency``, retried by tenacity);
+5. charge the broker's own price, store in the cache, mirror into the workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fsrlm.broker.accounting import usage_from_message
+from fsrlm.broker.audit import AuditLog, CallRecord
+from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
+from fsrlm.broker.limits import RunLedger
+from fsrlm.broker.pricing import cost_usd
+from fsrlm.broker.upstreams.retry import with_retries
+from fsrlm.broker.upstreams import Upstream
+from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
+from fsrlm.safe_fs import write_beneath
+
+logger = logging.getLogger(__name__)
+
+
+class SubcallRequest(BaseModel):
+    """What ``tools/llm_client.py`` sends. Unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, gt=0)
+    stop_sequences: list[str] | None = None
+
+
+class SubcallAnswer(BaseModel):
+    text: str
+    model: str
+    cached: bool
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    stop_reason: str | None = None
+
+
+def parse_request(raw: bytes) -> SubcallRequest:
+    try:
+        return SubcallRequest.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InputError(f"invalid subcall request: {where}: {first['msg']}") from None
+
+
+def response_text(message: dict[str, Any]) -> str:
+    blocks = message.get("content") or []
+    return "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+
+
+class SubcallService:
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        ledger: RunLedger,
+        audit: AuditLog,
+        cache: ResponseCache | None,
+        submodel: str,
+        concurrency: int,
+        max_retries: int,
+        retry_base_wait: float,
+    ) -> None:
+        self.upstream = upstream
+        self.ledger = ledger
+        self.audit = audit
+        self.cache = cache
+        self.submodel = submodel
+        self._slots = asyncio.Semaphore(concurrency)
+        self.max_retries = max_retries
+        self.retry_base_wait = retry_base_wait
+
+    def build_body(self, req: SubcallRequest) -> dict[str, Any]:
+        cap = self.ledger.limits.max_tokens_per_subcall
+        body = req.model_dump(exclude_none=True)
+        body["model"] = req.model or self.submodel
+        body["max_tokens"] = min(req.max_tokens or cap, cap)
+        return body
+
+    async def call(self, script: str, req: SubcallRequest) -> SubcallAnswer:
+        body = self.build_body(req)
+        model = body["model"]
+        started = time.perf_counter()
+        key = cache_key(self.upstream.name, body)
+
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.ledger.count_cache_hit()
+            self._record(script, model, "cached", started, hit.input_tokens, hit.output_tokens, 0.0)
+            self._mirror(key, hit.model_dump_json(indent=1).encode())
+            return SubcallAnswer(cached=True, cost_usd=0.0, **hit.model_dump(exclude={"cost_usd"}))
+
+        try:
+            reservation = self.ledger.reserve_subcall(script)
+        except LimitExceeded as e:
+            self._record(script, model, "refused", started, limit=e.limit, error=str(e))
+            raise
+
+        try:
+            message = await self._upstream_call(body)
+        except UpstreamError as e:
+            self.ledger.release(reservation)
+            self._record(script, model, "error", started, error=str(e))
+            raise
+
+        usage = usage_from_message(message)
+        cost = cost_usd(model, usage.input_tokens, usage.output_tokens,
+                        usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
+        self.ledger.charge(cost, root=False)
+        entry = CachedResponse(
+            text=response_text(message),
+            model=message.get("model") or model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            stop_reason=message.get("stop_reason"),
+            cost_usd=cost,
+        )
+        if self.cache is not None:
+            self._mirror(key, self.cache.put(key, entry))
+        self._record(script, model, "ok", started, usage.input_tokens, usage.output_tokens, cost)
+        return SubcallAnswer(cached=False, **entry.model_dump())
+
+    async def _upstream_call(self, body: dict[str, Any]) -> dict[str, Any]:
+        path, payload = self.upstream.subcall_target(body)
+        data = json.dumps(payload).encode()
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        async with self._slots:
+            try:
+                response = await with_retries(
+                    lambda: self.upstream.request("POST", path, headers, data),
+                    max_retries=self.max_retries,
+                    base_wait=self.retry_base_wait,
+                )
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise UpstreamError(f"model API unreachable after retries: {e!r}") from None
+            try:
+                raw = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise UpstreamError(f"model API connection dropped: {e!r}") from None
+            finally:
+                response.release()
+        if response.status != 200:
+            detail = raw[:500].decode("utf-8", "replace")
+            cls = UpstreamAuthError if response.status in (401, 403) else UpstreamError
+            raise cls(f"model API answered {response.status}: {detail}", status=response.status)
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            raise UpstreamError("model API answered with invalid JSON") from None
+        if not isinstance(message, dict):
+            raise UpstreamError("model API answered with an unexpected JSON shape")
+        return message
+
+    def _mirror(self, key: str, data: bytes) -> None:
+        """Copy a cache entry into the workspace for inspection (never read back)."""
+        try:
+            write_beneath(self.audit.workspace, f"cache/llm/{key}.json", data)
+        except OSError as e:
+            logger.debug("cache mirror skipped: %s", e)
+
+    def _record(
+        self,
+        script: str,
+        model: str,
+        status: Literal["ok", "cached", "refused", "error"],
+        started: float,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+        *,
+        limit: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.audit.add(
+            CallRecord(
+                kind="subcall", script=script, model=model, status=status,
+                input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3), limit=limit, error=error,
+            )
+        )

@@ -1,0 +1,81 @@
+"""Every error a user of fsRLM can hit.
+
+Lower-level errors (docker SDK, aiohttp, pydantic) are mapped into this tree
+once, at the boundary where they happen, with a message that says what to do.
+
+    FsrlmError
+    ├── ConfigError(FsrlmError, ValueError)        bad configuration, before any work starts
+    ├── CredentialsError(FsrlmError)               the upstream has no key / AWS credentials
+    ├── InputError(FsrlmError, ValueError)         unusable prompt, messages or attachments
+    ├── WorkspaceError(FsrlmError, OSError)        the run folder cannot be made or read
+    ├── BrokerError(FsrlmError)                    the host-side broker failed to start
+    ├── UpstreamError(FsrlmError)                  the model API answered with an error
+    │   └── UpstreamAuthError(UpstreamError)       401/403 from the model API: not retried
+    ├── LimitExceeded(FsrlmError)                  a run limit refused a call
+    └── SandboxError(FsrlmError)                   the executor could not run the agent
+        ├── ExecutorUnavailable(SandboxError)      e.g. Docker not installed or daemon down
+        ├── ImageError(SandboxError)               the sandbox image is missing or cannot be built
+        └── SandboxTimeout(SandboxError, TimeoutError)
+"""
+
+from __future__ import annotations
+
+
+class FsrlmError(Exception):
+    """Root of every fsRLM error."""
+
+
+class ConfigError(FsrlmError, ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+class CredentialsError(FsrlmError):
+    """The configured upstream has no credentials the broker could use."""
+
+
+class InputError(FsrlmError, ValueError):
+    """The prompt, messages or attachments cannot be used."""
+
+
+class WorkspaceError(FsrlmError, OSError):
+    """The run folder could not be created, written or read."""
+
+
+class BrokerError(FsrlmError):
+    """The broker could not start or stopped unexpectedly."""
+
+
+class UpstreamError(FsrlmError):
+    """The model API returned an error the broker could not recover from."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamAuthError(UpstreamError):
+    """The model API rejected the credentials (401/403)."""
+
+
+class LimitExceeded(FsrlmError):
+    """A run limit (subcalls, scripts, depth, budget, tokens) refused a call."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class SandboxError(FsrlmError):
+    """The executor could not prepare, run or clean up the sandbox."""
+
+
+class ExecutorUnavailable(SandboxError):
+    """The executor's backend (e.g. the Docker engine) is not usable."""
+
+
+class ImageError(SandboxError):
+    """The sandbox image is missing, stale or failed to build."""
+
+
+class SandboxTimeout(SandboxError, TimeoutError):
+    """The run exceeded its wall-clock timeout and was stopped."""

@@ -1,0 +1,225 @@
+"""One run, end to end: workspace, broker, sandbox, agent, results, clean-up.
+
+The orchestrator never branches on the executor type; every backend goes
+through ``executors.base``. Whatever happens — an error, a timeout, Ctrl-C —
+the sandbox and the broker are stopped, and a failed run's workspace is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, query
+from pydantic import BaseModel, ConfigDict
+
+from executors.base import SandboxSpec
+from executors.registry import create_executor
+from fsrlm.agent import SandboxTransport, agent_env, cli_argv
+from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
+from fsrlm.broker.upstreams import check_credentials
+from fsrlm.config import RLMConfig
+from fsrlm.errors import FsrlmError, InputError, SandboxError
+from fsrlm.prompts import InputSummary, first_message, system_append
+from fsrlm.results import RLMResult, RunMetrics, StopReason
+from fsrlm.workspace import InputLike, Workspace
+
+logger = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+
+class RunInput(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    prompt: Any = None  # InputLike
+    messages: list[Mapping[str, Any]] | None = None
+    system: str | None = None
+    question: str | None = None
+    attachments: Mapping[str, Any] | None = None
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InputError("give exactly one of prompt=... or messages=[...]")
+        if isinstance(self.prompt, str | bytes) and not self.prompt.strip():
+            raise InputError("the prompt is empty (or only whitespace); give the text or file to work on")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def limits_of(config: RLMConfig) -> RunLimits:
+    return RunLimits(
+        max_scripts=config.max_scripts,
+        max_subcalls_per_script=config.max_subcalls_per_script,
+        max_total_subcalls=config.max_total_subcalls,
+        max_tokens_per_subcall=config.max_tokens_per_subcall,
+        max_budget_usd=config.max_budget_usd,
+        max_depth=config.max_depth,
+    )
+
+
+def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) -> tuple[Workspace, InputSummary]:
+    ws = Workspace.create(run_id, parent)
+    try:
+        question = inp.question
+        if inp.messages is not None:
+            last_user = ws.write_messages(list(inp.messages))
+            question = question or last_user
+            size = (ws.root / "input" / "prompt.md").stat().st_size
+        else:
+            size = ws.write_prompt(inp.prompt)
+        if size == 0:
+            raise InputError("the input is empty; give the text or file to work on")
+        if question:
+            ws.write_text("input/question.md", question)
+        if inp.system:
+            ws.write_text("input/system.md", inp.system)
+        attachments = ws.write_attachments(inp.attachments) if inp.attachments else []
+        head, tail = ws.input_preview(size)
+    except BaseException:
+        ws.remove()
+        raise
+    return ws, InputSummary(size_bytes=size, head=head, tail=tail, question=question, attachments=attachments)
+
+
+async def run_rlm(
+    config: RLMConfig,
+    inp: RunInput,
+    *,
+    depth: int = 0,
+    shared: SharedLedger | None = None,
+    parent_dir=None,
+) -> RLMResult:
+    """Run the root agent over ``inp`` and return what it produced."""
+    inp.check()
+    check_credentials(config.upstream)
+    executor = create_executor(config.executor)
+    await executor.check()  # e.g. Docker down: fail before anything is written
+
+    started = time.monotonic()
+    run_id = new_run_id()
+    ws, summary = _prepare_workspace(config, inp, run_id, parent_dir or config.workspace_dir)
+    limits = limits_of(config)
+    ws.write_job({
+        "run_id": run_id, "depth": depth, "limits": limits.model_dump(),
+        "root_model": config.effective_root_model, "submodel": config.effective_submodel,
+        "executor": config.executor.type, "input_bytes": summary.size_bytes,
+    })
+
+    shared = shared or SharedLedger()
+    token = secrets.token_urlsafe(32)
+
+    async def nested(prompt: str, context: str) -> dict[str, Any]:
+        child = await run_rlm(
+            config, RunInput(prompt=context or prompt, question=prompt),
+            depth=depth + 1, shared=shared, parent_dir=ws.root / "nested",
+        )
+        return {"answer": child.answer or "", "success": child.success, "run_id": child.run_id,
+                "stop_reason": child.stop_reason}
+
+    broker = Broker(
+        BrokerSettings(
+            run_id=run_id, token=token, workspace=ws.root, submodel=config.effective_submodel,
+            limits=limits, upstream=config.upstream,
+            cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
+            subcall_concurrency=config.subcall_concurrency,
+        ),
+        depth=depth, shared=shared, nested_runner=nested,
+    )
+    errors: list[str] = []
+    stop: StopReason = "error"
+    turns = 0
+    session_id: str | None = None
+    sandbox = None
+    try:
+        endpoint = await broker.start()
+        env = agent_env(token=token, run_id=run_id, depth=depth, concurrency=config.subcall_concurrency,
+                        bedrock=config.upstream.type == "bedrock")
+        sandbox = await executor.prepare(SandboxSpec(
+            run_id=run_id, workspace=ws.root, broker=endpoint, env=env, timeout_seconds=config.timeout_seconds,
+        ))
+        argv = cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
+                        system_append=system_append(limits.model_dump(), inp.system))
+        transport = SandboxTransport(sandbox, argv, env)
+        result_msg: ResultMessage | None = None
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                async for message in query(prompt=first_message(summary), options=ClaudeAgentOptions(),
+                                           transport=transport):
+                    if isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                        turns += 1
+                    elif isinstance(message, ResultMessage):
+                        result_msg = message
+                        session_id = message.session_id
+            stop = _stop_reason(result_msg, transport, errors)
+        except TimeoutError:
+            stop = "timeout"
+            errors.append(f"the run exceeded timeout_seconds={config.timeout_seconds:g} and was stopped; "
+                          "what the workspace held so far is kept")
+        await sandbox.collect()
+    except asyncio.CancelledError:
+        stop = "interrupted"
+        errors.append("the run was interrupted")
+        raise
+    except FsrlmError as e:
+        stop = "sandbox_error" if isinstance(e, SandboxError) else "error"
+        errors.append(str(e))
+    except Exception as e:  # the SDK raises its own errors when the CLI dies
+        logger.exception("run %s failed", run_id)
+        stop = "error"
+        errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        try:
+            if sandbox is not None:
+                await sandbox.close()
+        finally:
+            await broker.stop()
+
+    errors.extend(broker.fatal_errors)
+    if broker.fatal_errors:
+        stop = "upstream_error"
+    for record in broker.records:
+        if record.status == "refused" and record.error and record.error not in errors:
+            errors.append(f"{record.script}: {record.error}")
+    answer = ws.read("output/answer.md", MAX_ANSWER_BYTES)
+    if stop == "completed" and not (answer and answer.strip()):
+        stop = "no_answer"
+        errors.append("the agent finished without writing output/answer.md")
+    success = stop == "completed"
+    metrics = RunMetrics.from_records(
+        broker.records, total_cost=shared.spent_usd,
+        wall_seconds=round(time.monotonic() - started, 3), turns=turns,
+    )
+    result = RLMResult(
+        answer=answer.strip() if answer else None, success=success, stop_reason=stop, metrics=metrics,
+        errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=run_id, session_id=session_id,
+    )
+    if success and not config.preserve_workspace and depth == 0:
+        ws.remove()
+        result.workspace_path = None
+    return result
+
+
+def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, errors: list[str]) -> StopReason:
+    if result is None:
+        tail = transport.exit.stderr_tail if transport.exit else ""
+        code = transport.exit.exit_code if transport.exit else None
+        errors.append(f"the agent process ended without a result (exit code {code}). {tail}".strip())
+        return "sandbox_error"
+    if result.subtype == "error_max_turns" or result.terminal_reason == "max_turns":
+        errors.append(f"the agent used all {result.num_turns} turns (max_turns) before finishing")
+        return "max_turns"
+    if result.is_error:
+        detail = "; ".join(result.errors or []) or (result.result or "")
+        if result.api_error_status:
+            errors.append(f"the model API failed (HTTP {result.api_error_status}): {detail}".strip())
+            return "limit" if result.api_error_status == 403 else "upstream_error"
+        errors.append(f"the agent stopped with an error ({result.subtype}): {detail}".strip())
+        return "error"
+    return "completed"

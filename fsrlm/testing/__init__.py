@@ -1,0 +1,1 @@
+"""Test helpers: a scripted, Anthropic-compatible model server (no network, no key)."""

@@ -1,0 +1,228 @@
+"""The run folder: the agent's working memory on disk.
+
+A user-given ``workspace_dir`` is a *parent*: each run gets its own subfolder
+and nothing that was there before is touched. Input is streamed to disk, so a
+1 GB input is never held in memory twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+from fsrlm.errors import InputError, WorkspaceError
+from fsrlm.safe_fs import read_text_beneath
+
+logger = logging.getLogger(__name__)
+
+INLINE_LIMIT = 8 * 1024  # inputs up to this size are shown to the agent in full
+PREVIEW_HEAD = 3000
+PREVIEW_TAIL = 1500
+LAYOUT = ("input/attachments", "state", "cache/llm", "scratch/scripts", "output", "tools", ".agent")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+InputLike = str | bytes | os.PathLike | IO[bytes] | IO[str]
+
+
+def sanitize_attachment_name(name: str) -> str:
+    """A safe single file name: no directories, no ``..``, no leading dot."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _SAFE_NAME.sub("_", base).strip("._")
+    if not base:
+        raise InputError(f"attachment name {name!r} has no usable characters; give it a plain file name")
+    return base[:200]
+
+
+def _package_dir(package: str) -> Path:
+    return Path(str(resources.files(package)))
+
+
+class Workspace:
+    def __init__(self, root: Path, run_id: str, *, owned: bool) -> None:
+        self.root = root
+        self.run_id = run_id
+        self.owned = owned  # True when we created the parent folder too (temp dir)
+
+    # -- creation -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, run_id: str, parent: Path | None = None) -> Workspace:
+        try:
+            if parent is None:
+                root = Path(tempfile.mkdtemp(prefix=f"fsrlm-{run_id}-"))
+                owned = True
+            else:
+                parent = parent.expanduser().resolve()
+                parent.mkdir(parents=True, exist_ok=True)
+                root = parent / run_id
+                root.mkdir()  # never reuses (and so never wipes) an existing folder
+                owned = False
+            for sub in LAYOUT:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            ws = cls(root, run_id, owned=owned)
+            ws._install_template()
+            return ws
+        except FileExistsError:
+            raise WorkspaceError(f"run folder {parent}/{run_id} already exists; pick another run id") from None
+        except OSError as e:
+            raise WorkspaceError(f"cannot create the run folder under {parent or tempfile.gettempdir()}: {e}") from None
+
+    @classmethod
+    def open(cls, root: Path) -> Workspace:
+        root = root.expanduser().resolve()
+        job = root / "state" / "job.json"
+        if not job.is_file():
+            raise WorkspaceError(f"{root} is not an fsRLM run folder (no state/job.json)")
+        run_id = json.loads(job.read_text()).get("run_id") or root.name
+        return cls(root, run_id, owned=False)
+
+    def _install_template(self) -> None:
+        template = _package_dir("workspace_template")
+        shutil.copytree(template / ".claude", self.root / ".claude", dirs_exist_ok=True)
+        tools = _package_dir("tools")
+        for item in tools.iterdir():
+            if item.suffix in (".py", ".md") and item.name not in ("__init__.py", "relay.py"):
+                shutil.copy2(item, self.root / "tools" / item.name)
+
+    # -- input --------------------------------------------------------------
+
+    def write_prompt(self, prompt: InputLike) -> int:
+        """Stream ``prompt`` to ``input/prompt.md``; return its size in bytes."""
+        target = self.root / "input" / "prompt.md"
+        with target.open("wb") as out:
+            if isinstance(prompt, str):
+                out.write(prompt.encode("utf-8"))
+            elif isinstance(prompt, bytes):
+                out.write(prompt)
+            elif isinstance(prompt, os.PathLike):
+                try:
+                    with open(prompt, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                except OSError as e:
+                    raise InputError(f"cannot read input file {os.fspath(prompt)}: {e.strerror}") from None
+            elif hasattr(prompt, "read"):
+                while block := prompt.read(1 << 20):
+                    out.write(block.encode("utf-8") if isinstance(block, str) else block)
+            else:
+                raise InputError(f"prompt must be text, bytes, a path or a file, not {type(prompt).__name__}")
+        return target.stat().st_size
+
+    def write_messages(self, messages: list[Mapping[str, Any]]) -> str:
+        """Save messages and a readable transcript; return the last user message's text."""
+        if not isinstance(messages, list) or not messages:
+            raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
+        transcript: list[str] = []
+        image_count = 0
+        last_user = ""
+        for i, message in enumerate(messages):
+            if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
+                raise InputError(f"messages[{i}] must be an object with role 'user' or 'assistant'")
+            content = message.get("content")
+            parts: list[str] = []
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                for j, block in enumerate(content):
+                    kind = block.get("type") if isinstance(block, Mapping) else None
+                    if kind == "text":
+                        parts.append(str(block.get("text", "")))
+                    elif kind == "image":
+                        image_count += 1
+                        parts.append(f"[image: {self._save_image(block, image_count, i, j)}]")
+                    elif kind == "document" and isinstance(block.get("source"), Mapping):
+                        parts.append(str(block["source"].get("data", "")))
+                    else:
+                        raise InputError(f"messages[{i}].content[{j}] has unsupported type {kind!r}; "
+                                         "use text, image or document blocks")
+            else:
+                raise InputError(f"messages[{i}].content must be a string or a list of content blocks")
+            text = "\n\n".join(parts)
+            transcript.append(f"## {message['role']}\n\n{text}\n")
+            if message["role"] == "user":
+                last_user = text
+        (self.root / "input" / "messages.json").write_text(json.dumps(messages, indent=1, default=str))
+        self.write_prompt("\n".join(transcript))
+        return last_user
+
+    def _save_image(self, block: Mapping[str, Any], n: int, i: int, j: int) -> str:
+        source = block.get("source") or {}
+        if source.get("type") != "base64":
+            return f"image {n} (not embedded: {source.get('type', 'unknown')} source)"
+        ext = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}.get(
+            source.get("media_type", ""), "bin")
+        try:
+            data = base64.b64decode(source.get("data", ""), validate=True)
+        except ValueError:
+            raise InputError(f"messages[{i}].content[{j}] holds invalid base64 image data") from None
+        name = f"image-{n}.{ext}"
+        (self.root / "input" / "attachments" / name).write_bytes(data)
+        return f"input/attachments/{name}"
+
+    def write_attachments(self, attachments: Mapping[str, InputLike]) -> list[str]:
+        names: list[str] = []
+        for raw_name, content in attachments.items():
+            name = sanitize_attachment_name(raw_name)
+            if name in names:
+                raise InputError(f"two attachments map to the same file name {name!r}; rename one")
+            target = self.root / "input" / "attachments" / name
+            with target.open("wb") as out:
+                if isinstance(content, str):
+                    out.write(content.encode())
+                elif isinstance(content, bytes):
+                    out.write(content)
+                elif isinstance(content, os.PathLike):
+                    with open(content, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                else:
+                    shutil.copyfileobj(content, out, 1 << 20)  # type: ignore[arg-type]
+            names.append(name)
+        return names
+
+    def write_text(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+    def write_job(self, job: Mapping[str, Any]) -> None:
+        self.write_text("state/job.json", json.dumps({**job, "written_at": time.time()}, indent=1, default=str))
+
+    # -- reading what the agent produced (never through a link) --------------
+
+    def read(self, rel: str, max_bytes: int = 16 * 1024 * 1024) -> str | None:
+        return read_text_beneath(self.root, rel, max_bytes)
+
+    def input_preview(self, size: int) -> tuple[str, str]:
+        """First and last bytes of the input, decoded leniently."""
+        with (self.root / "input" / "prompt.md").open("rb") as f:
+            head = f.read(PREVIEW_HEAD)
+            tail = b""
+            if size > PREVIEW_HEAD:
+                f.seek(max(PREVIEW_HEAD, size - PREVIEW_TAIL))
+                tail = f.read(PREVIEW_TAIL)
+        return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
+
+    def artifacts(self, max_items: int = 10_000, max_bytes: int = 32 * 1024 * 1024) -> list[dict[str, Any]]:
+        text = self.read("state/artifacts.jsonl", max_bytes) or ""
+        items: list[dict[str, Any]] = []
+        for line in text.splitlines():
+            if len(items) >= max_items:
+                break
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            items.append(value if isinstance(value, dict) else {"value": value})
+        return items
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

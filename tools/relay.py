@@ -1,0 +1,142 @@
+"""TCP-to-unix-socket relay that runs inside the network-less sandbox.
+
+The sandbox has no network, only loopback, and the broker is reachable through a
+unix socket mounted into it. This relay listens on loopback TCP (where
+``ANTHROPIC_BASE_URL`` / ``FSRLM_BROKER_URL`` point) and pipes every connection,
+bytes both ways, to a fresh connection to that socket::
+
+    python3 relay.py --listen 127.0.0.1:8080 --unix /run/fsrlm/broker.sock
+
+It prints ``relay ready`` to stderr once listening. It understands nothing of
+HTTP: half-closes are passed on, each direction honours backpressure, and any
+number of connections run at once. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+__all__ = ["serve", "main"]
+
+logger = logging.getLogger("fsrlm.relay")
+_READ = 256 * 1024  # bytes per read
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                abort: asyncio.Event) -> None:
+    """Copy ``reader`` to ``writer`` until EOF, then half-close ``writer``."""
+    try:
+        while data := await reader.read(_READ):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+    except (OSError, RuntimeError):  # reset / broken pipe / writing after close
+        abort.set()
+
+
+async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                 unix_path: str) -> None:
+    """Serve one TCP connection: connect to the unix socket and pipe both ways."""
+    try:
+        up_r, up_w = await asyncio.open_unix_connection(unix_path, limit=_READ)
+    except OSError as exc:
+        logger.warning("relay: cannot connect to %s: %s", unix_path, exc)
+        client_w.transport.abort()
+        return
+    abort = asyncio.Event()
+    pipes = asyncio.gather(_pipe(client_r, up_w, abort), _pipe(up_r, client_w, abort))
+    aborted = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait([pipes, aborted], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if abort.is_set() or not pipes.done():  # one side failed: drop both at once
+            client_w.transport.abort()
+            up_w.transport.abort()
+        aborted.cancel()
+        with contextlib.suppress(BaseException):
+            await pipes
+        client_w.close()
+        up_w.close()
+
+
+async def serve(listen_host: str, listen_port: int, unix_path: str,
+                ready: asyncio.Event | None = None) -> None:
+    """Relay ``listen_host:listen_port`` (TCP) to ``unix_path`` until cancelled.
+
+    ``ready`` is set once the TCP socket is listening. Cancelling the task stops
+    listening and drops every open connection.
+    """
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await _relay(r, w, unix_path)
+        finally:
+            handlers.discard(task)
+
+    server = await asyncio.start_server(on_connect, listen_host, listen_port,
+                                        limit=_READ, reuse_address=True, backlog=1024)
+    try:
+        if ready is not None:
+            ready.set()
+        await asyncio.Future()  # run until cancelled
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        if handlers:
+            await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--listen needs HOST:PORT, e.g. 127.0.0.1:8080 (got {value!r})")
+    return host or "127.0.0.1", int(port)
+
+
+async def _main_async(host: str, port: int, unix_path: str) -> None:
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(serve(host, port, unix_path, ready))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, task.cancel)
+    waiter = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set():
+        print("relay ready", file=sys.stderr, flush=True)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``relay.py --listen HOST:PORT --unix PATH``."""
+    parser = argparse.ArgumentParser(description="Pipe loopback TCP connections to a unix socket.")
+    parser.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8080),
+                        help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    parser.add_argument("--unix", required=True, help="path of the broker's unix socket")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    host, port = args.listen
+    try:
+        asyncio.run(_main_async(host, port, args.unix))
+    except OSError as exc:
+        print(f"relay: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
