@@ -3,7 +3,7 @@
 The rules follow ``synth_process_response`` and ``dnd_process_response`` in the
 authors' evaluation helpers (github.com/abertsch72/oolong, ``src/eval``). This is
 our own code, written to give the same score on the same input; the deliberate
-differences are listed below and are all about surrounding whitespace.
+differences are listed at the end and are about whitespace and lenient input.
 
 oolong-synth (``split="synth"``)
     gold
@@ -34,16 +34,19 @@ oolong-real, D&D (``split="real"``, also ``"dnd"`` / ``"toy_dnd"``)
     surrounding whitespace; two lists ``|set(gold) & set(pred)| / |gold|``
     (items compared exactly); any other pairing 0.
 
-Whitespace (the only departures from the authors' code, none of which changes
-the score of an answer the authors' code would accept):
+Whitespace. The only departures from the authors' code; each can raise a
+score the authors' code would give, never lower one (the 20-character
+boundary and the phrase rewrite see exactly the text the authors' code sees):
 
-- the output is stripped before parsing, so a trailing newline (every
-  ``answer.md`` ends with one) does not turn ``"location\\n"`` into a miss or move
-  the 20-character boundary;
-- the synth candidate is stripped again after ``*`` and brackets are removed, so
-  ``"Answer: ** location **"`` yields ``"location"``;
+- a short synth output taken whole (no ``:``) is stripped, so a trailing newline
+  (every ``answer.md`` ends with one) does not turn ``"location\\n"`` into a miss;
+- the synth candidate after a ``:`` is stripped again once ``*`` and brackets
+  are removed, so ``"Answer: ** location **"`` yields ``"location"``;
+- an output of 20+ characters that is all whitespace yields ``""`` (the authors'
+  code raises ``IndexError``);
 - the gold string and ``answer_type`` are stripped; ``answer_type`` may be given
-  with or without its ``ANSWER_TYPE.`` prefix.
+  with or without its ``ANSWER_TYPE.`` prefix; a gold that is not a list literal
+  (hand-written files) is used as it is instead of failing.
 """
 
 from __future__ import annotations
@@ -143,18 +146,18 @@ def extract_synth_candidate(output: str) -> str:
     >>> extract_synth_candidate("I counted them all and the total is 47")
     '47'
     """
-    text = output.strip()
-    if ":" not in text:
-        if len(text) < _LONG_CANDIDATE:
-            return text
-        return text.split()[-1]
-    candidate = text.split(":")[-1].strip()
-    candidate = candidate.replace("*", "").replace("[", "").replace("]", "").strip()
+    if ":" not in output:
+        if len(output) < _LONG_CANDIDATE:
+            return output.strip()
+        words = output.split()
+        return words[-1] if words else ""
+    candidate = output.split(":")[-1].strip()
+    candidate = candidate.replace("*", "").replace("[", "").replace("]", "")
     if len(candidate) >= _LONG_CANDIDATE:
         for phrase in COMPARISON_PHRASES:
             if phrase in candidate:
                 return phrase
-    return candidate
+    return candidate.strip()
 
 
 def _score_synth(output: str, gold_answer: str, answer_type: str) -> ScoredAnswer:

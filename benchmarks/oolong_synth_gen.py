@@ -209,7 +209,7 @@ def _distinct_counts(total: int, k: int, rng: random.Random) -> list[int]:
     spare = total - sum(counts)
     weights = sorted(rng.uniform(0.3, 1.7) for _ in range(k))
     extra = [int(spare * w / sum(weights)) for w in weights]
-    counts = [c + e for c, e in zip(counts, extra)]
+    counts = [c + e for c, e in zip(counts, extra, strict=True)]
     counts[-1] += total - sum(counts)
     return counts
 
@@ -234,13 +234,11 @@ def _make_unique_top(items: list[_Item], key: str, among: list[_Item] | None = N
     setattr(moved, key, winner)
 
 
-def _build_items(
-    spec: DatasetSpec, n_lines: int, rng: random.Random
-) -> list[_Item]:
+def _build_items(spec: DatasetSpec, n_lines: int, rng: random.Random) -> list[_Item]:
     labels = list(spec.labels)
     rng.shuffle(labels)
     counts = _distinct_counts(n_lines, len(labels), rng)
-    sequence = [label for label, count in zip(labels, counts) for _ in range(count)]
+    sequence = [label for label, count in zip(labels, counts, strict=True) for _ in range(count)]
     rng.shuffle(sequence)
 
     n_users = max(3, n_lines // 6)
@@ -266,33 +264,28 @@ def _build_items(
     return items
 
 
-def _counting_tasks(spec: DatasetSpec, items: list[_Item], rng: random.Random) -> dict[str, list[_Task]]:
+_NUMERIC, _LABEL, _COMPARISON, _USER, _DATE = (
+    f"ANSWER_TYPE.{name}" for name in ("NUMERIC", "LABEL", "COMPARISON", "USER", "DATE")
+)
+
+
+def _counting_tasks(spec: DatasetSpec, items: list[_Item], rng: random.Random) -> list[list[_Task]]:
+    """Counting questions, as three kinds: NUMERIC, LABEL and COMPARISON."""
     counts = Counter(item.label for item in items)
-    label_list = ", ".join(spec.labels)
     numeric = [
         _Task(
-            question=(
-                f"In the above data, how many data points should be classified as label "
-                f"'{label}'? Give your final answer in the form 'Answer: number'."
-            ),
-            gold=counts[label],
-            task_group="counting",
-            task="TASK_TYPE.NUMERIC_ONE_CLASS",
-            answer_type="ANSWER_TYPE.NUMERIC",
+            f"In the above data, how many data points should be classified as label '{label}'? "
+            "Give your final answer in the form 'Answer: number'.",
+            counts[label], "counting", "TASK_TYPE.NUMERIC_ONE_CLASS", _NUMERIC,
         )
         for label in spec.labels
     ]
     ranked = counts.most_common()
     extremes = [
         _Task(
-            question=(
-                f"In the above data, which of the labels is the {which} common? Give your final "
-                f"answer in the form 'Label: answer' where answer is one of the labels: {label_list}."
-            ),
-            gold=label,
-            task_group="counting",
-            task=task,
-            answer_type="ANSWER_TYPE.LABEL",
+            f"In the above data, which of the labels is the {which} common? Give your final answer "
+            f"in the form 'Label: answer' where answer is one of the labels: {', '.join(spec.labels)}.",
+            label, "counting", task, _LABEL,
         )
         for which, label, task in (
             ("most", ranked[0][0], "TASK_TYPE.MOST_FREQ"),
@@ -303,113 +296,68 @@ def _counting_tasks(spec: DatasetSpec, items: list[_Item], rng: random.Random) -
     for first, second in itertools.combinations(spec.labels, 2):
         if rng.random() < 0.5:
             first, second = second, first
-        if counts[first] > counts[second]:
-            relation = "more common than"
-        elif counts[first] < counts[second]:
-            relation = "less common than"
-        else:
-            relation = "same frequency as"
-        comparisons.append(
-            _Task(
-                question=(
-                    f"In the above data, is label '{first}' more common, less common, or the same "
-                    f"frequency as label '{second}'? Give your final answer in the form 'Answer: "
-                    f"{first} is [X] {second}', where [X] is 'more common than', 'less common "
-                    f"than', or 'same frequency as'."
-                ),
-                gold=relation,
-                task_group="counting",
-                task="TASK_TYPE.RELATIVE_FREQ",
-                answer_type="ANSWER_TYPE.COMPARISON",
-            )
+        a, b = counts[first], counts[second]
+        relation = "more common than" if a > b else "less common than" if a < b else "same frequency as"
+        question = (
+            f"In the above data, is label '{first}' more common, less common, or the same frequency "
+            f"as label '{second}'? Give your final answer in the form 'Answer: {first} is [X] "
+            f"{second}', where [X] is 'more common than', 'less common than', or 'same frequency as'."
         )
+        comparisons.append(_Task(question, relation, "counting", "TASK_TYPE.RELATIVE_FREQ", _COMPARISON))
     for group in (numeric, extremes, comparisons):
         rng.shuffle(group)
-    return {"numeric": numeric, "label": extremes, "comparison": comparisons}
+    return [numeric, extremes, comparisons]
 
 
-def _user_question(tail: str) -> str:
-    return f"In the above data, {tail} Give your final answer in the form 'User: [X]', where [X] is the user ID."
+def _is_unique_top(ranked: list[tuple[Any, int]]) -> bool:
+    return len(ranked) == 1 or (len(ranked) > 1 and ranked[0][1] > ranked[1][1])
 
 
-def _user_tasks(
-    spec: DatasetSpec, items: list[_Item], rng: random.Random
-) -> list[_Task]:
+def _user_tasks(spec: DatasetSpec, items: list[_Item], rng: random.Random) -> list[_Task]:
+    """User questions; the first (always present) is about a label with one top user."""
+    form = " Give your final answer in the form 'User: [X]', where [X] is the user ID."
     labels = list(spec.labels)
     rng.shuffle(labels)
-    primary = labels[0]
-    _make_unique_top(items, "user", among=[item for item in items if item.label == primary])
+    _make_unique_top(items, "user", among=[item for item in items if item.label == labels[0]])
     tasks = []
     for label in labels:
-        per_user = Counter(item.user for item in items if item.label == label).most_common()
-        if len(per_user) == 1 or (len(per_user) > 1 and per_user[0][1] > per_user[1][1]):
-            tasks.append(
-                _Task(
-                    question=_user_question(f"which user has the most instances with the label {label}?"),
-                    gold=per_user[0][0],
-                    task_group="user",
-                    task="TASK_TYPE.MOST_FREQ",
-                    answer_type="ANSWER_TYPE.USER",
-                )
-            )
+        ranked = Counter(item.user for item in items if item.label == label).most_common()
+        if _is_unique_top(ranked):
+            question = f"In the above data, which user has the most instances with the label {label}?"
+            tasks.append(_Task(question + form, ranked[0][0], "user", "TASK_TYPE.MOST_FREQ", _USER))
     rest = tasks[1:]
-    overall = Counter(item.user for item in items).most_common()
-    if len(overall) == 1 or overall[0][1] > overall[1][1]:
-        rest.append(
-            _Task(
-                question=_user_question("which user is represented most often?"),
-                gold=overall[0][0],
-                task_group="user",
-                task="TASK_TYPE.MOST_FREQ",
-                answer_type="ANSWER_TYPE.USER",
-            )
-        )
+    ranked = Counter(item.user for item in items).most_common()
+    if _is_unique_top(ranked):
+        question = "In the above data, which user is represented most often?"
+        rest.append(_Task(question + form, ranked[0][0], "user", "TASK_TYPE.MOST_FREQ", _USER))
     rng.shuffle(rest)
     return tasks[:1] + rest
 
 
-def _date_question(which: str) -> str:
-    return (
-        f"In the above data, which date is represented {which}? Give your final answer in the "
-        "form 'Date: [X]', where [X] is the date in the format MM/DD/YYYY."
-    )
-
-
 def _timeline_tasks(items: list[_Item], rng: random.Random) -> list[_Task]:
+    """Timeline questions; the first (always present) asks for the most frequent date."""
+
+    def which_date(which: str) -> str:
+        return (
+            f"In the above data, which date is represented {which}? Give your final answer in the "
+            "form 'Date: [X]', where [X] is the date in the format MM/DD/YYYY."
+        )
+
     _make_unique_top(items, "date")
     ranked = Counter(item.date for item in items).most_common()
-    most = _Task(
-        question=_date_question("most often"),
-        gold=ranked[0][0],
-        task_group="timeline",
-        task="TASK_TYPE.MOST_FREQ",
-        answer_type="ANSWER_TYPE.DATE",
-    )
+    most = _Task(which_date("most often"), ranked[0][0], "timeline", "TASK_TYPE.MOST_FREQ", _DATE)
     rest = []
     if len(ranked) > 2 and ranked[1][1] > ranked[2][1]:
-        rest.append(
-            _Task(
-                question=_date_question("the second most often"),
-                gold=ranked[1][0],
-                task_group="timeline",
-                task="TASK_TYPE.SECOND_MOST_FREQ",
-                answer_type="ANSWER_TYPE.DATE",
-            )
-        )
+        second = which_date("the second most often")
+        rest.append(_Task(second, ranked[1][0], "timeline", "TASK_TYPE.SECOND_MOST_FREQ", _DATE))
     times = ranked[min(3, len(ranked) - 1)][1]
-    rest.append(
-        _Task(
-            question=(
-                f"In the above data, how many dates are represented exactly {times} times? Give "
-                f"your final answer in the form 'Answer: [X]', where [X] is the number of dates "
-                f"represented exactly {times} times."
-            ),
-            gold=sum(1 for _, count in ranked if count == times),
-            task_group="timeline",
-            task="TASK_TYPE.REPRESENTED_N_TIMES",
-            answer_type="ANSWER_TYPE.NUMERIC",
-        )
+    question = (
+        f"In the above data, how many dates are represented exactly {times} times? Give your final "
+        f"answer in the form 'Answer: [X]', where [X] is the number of dates represented exactly "
+        f"{times} times."
     )
+    gold = sum(1 for _, count in ranked if count == times)
+    rest.append(_Task(question, gold, "timeline", "TASK_TYPE.REPRESENTED_N_TIMES", _NUMERIC))
     rng.shuffle(rest)
     return [most, *rest]
 
@@ -462,9 +410,7 @@ def _window(
 ) -> tuple[list[_Item], list[list[_Task]]]:
     items = _build_items(spec, _lines_for(spec, context_len_tokens, rng), rng)
     counting = _counting_tasks(spec, items, rng)
-    user = _user_tasks(spec, items, rng)
-    timeline = _timeline_tasks(items, rng)
-    return items, [counting["numeric"], counting["label"], counting["comparison"], user, timeline]
+    return items, [*counting, _user_tasks(spec, items, rng), _timeline_tasks(items, rng)]
 
 
 # ------------------------------------------------------------------------ rows

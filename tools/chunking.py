@@ -101,10 +101,14 @@ def _spans(read: Callable[[int], bytes], chunk_size: int, overlap: int) -> Itera
                 end = nl + 1
             else:  # no usable newline: split at chunk_size, on a character start
                 end = chunk_size
-                while end > lo and _is_cont(buf[end]):
+                while end > max(lo, chunk_size - 3) and _is_cont(buf[end]):
                     end -= 1
-                while end < avail and _is_cont(buf[end]):  # chunk_size below one character
-                    end += 1
+                if _is_cont(buf[end]):  # invalid UTF-8, or chunk_size below one character
+                    end = chunk_size
+                    while chunk_size < 4 and end < min(avail, chunk_size + 3) and _is_cont(buf[end]):
+                        end += 1
+                    if end < avail and _is_cont(buf[end]):
+                        end = chunk_size
         yield pos, bytes(buf[:end])
         if eof and end == avail:
             return

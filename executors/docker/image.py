@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from fsrlm.errors import ImageError
+from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,25 @@ def _remove_quietly(client, image_id: str) -> None:
         logger.debug("left the previous image %s in place: %s", image_id, e)
 
 
+def build_image_cli(*, tag: str | None = None, base_image: str | None = None, force: bool = False) -> str:
+    """Connect to the local engine and ``ensure_image``; for ``fsrlm image build`` and ``main``.
+
+    Raises ``ExecutorUnavailable`` when the daemon cannot be reached, ``ImageError`` when the build fails.
+    """
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - docker raises many kinds here
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ExecutorUnavailable(f"Cannot reach the Docker daemon ({first}); {_FIX_DAEMON}.") from None
+    try:
+        return ensure_image(client, tag, base_image=base_image, force=force)
+    finally:
+        client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the fsRLM sandbox image if needed and print its tag."""
     parser = argparse.ArgumentParser(prog="python -m executors.docker.image", description=main.__doc__)
@@ -320,22 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    import docker
-
     try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - docker raises many kinds here
-        print(f"error: cannot reach the Docker daemon ({e}); {_FIX_DAEMON}.", file=sys.stderr)
-        return 2
-    try:
-        print(ensure_image(client, args.tag, base_image=args.base_image, force=args.force))
-    except ImageError as e:
+        print(build_image_cli(tag=args.tag, base_image=args.base_image, force=args.force))
+    except SandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    finally:
-        client.close()
     return 0
 
 

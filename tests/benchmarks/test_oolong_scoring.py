@@ -89,10 +89,22 @@ def test_no_colon_long_output_is_not_rewritten_to_a_phrase() -> None:
     assert extract_synth_candidate(text) == "location"
 
 
-def test_output_is_stripped_before_the_20_char_boundary() -> None:
+def test_short_whole_output_is_stripped() -> None:
     assert extract_synth_candidate("  location\n") == "location"
-    text = "human being is best"
-    assert extract_synth_candidate(f"\n\n{text}   \n") == text
+    assert score_answer("location\n", "['location']", LABEL) == 1.0
+
+
+def test_20_char_boundary_counts_surrounding_whitespace() -> None:
+    # as in the authors' code, the length is that of the output as given
+    assert extract_synth_candidate("the location" + "\n" * 8) == "location"
+    assert extract_synth_candidate("the location" + "\n" * 7) == "the location"
+    assert extract_synth_candidate(" " * 25) == ""
+
+
+def test_boundary_for_the_phrase_rewrite_is_before_the_extra_strip() -> None:
+    # " less common than x " is 20 characters once the stars are gone
+    assert extract_synth_candidate("Answer: ** less common than x **") == "less common"
+    assert extract_synth_candidate("Answer: ** less common than **") == "less common than"
 
 
 def test_colon_takes_the_text_after_the_last_colon() -> None:

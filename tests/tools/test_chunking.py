@@ -161,6 +161,10 @@ def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
     assert chunks[-1].end == path.stat().st_size
     assert all(b.start == a.end for a, b in zip(chunks, chunks[1:]))
     assert "\ufffd" in "".join(c.text for c in chunks)
+    # a run of stray continuation bytes is cut at chunk_size, not into tiny pieces
+    path = _write(tmp_path, b"\x80" * 100_000, "garbage")
+    assert [c.end - c.start for c in ch.chunk_file(path, chunk_size=1000, overlap=100)][:3] == [1000] * 3
+    assert len(list(ch.chunk_file(path, chunk_size=1000))) == 100
 
 
 def test_lines_helpers(tmp_path: Path) -> None:

@@ -1,0 +1,47 @@
+# fsRLM — the two commands of a fresh machine are `make run INPUT=... QUESTION="..."` and `make test`.
+# Every target sets up what it needs on first use (virtualenv, packages, Docker engine, sandbox image).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FSRLM  := $(VENV)/bin/fsrlm
+STAMP  := $(VENV)/.fsrlm-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup docker image run test test-fast demo bench security clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+docker:
+	@bash scripts/ensure-docker.sh
+
+image: setup docker
+	$(FSRLM) image build
+
+run: setup
+	@test -n "$(INPUT)" || { echo 'usage: make run INPUT=path/to/file QUESTION="..."' >&2; exit 2; }
+	@if [ "$$($(PY) -c 'from fsrlm.config import load_config; print(load_config().executor.type)')" != "local" ]; then \
+		$(MAKE) --no-print-directory image; fi
+	$(FSRLM) run "$(INPUT)" $(if $(QUESTION),--question "$(QUESTION)")
+
+test: setup image
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
+
+demo: setup image
+	$(PY) -m fsrlm.demo
+
+bench: setup image
+	$(PY) -m benchmarks.perf
+
+clean:
+	-$(FSRLM) gc
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,86 @@
+"""Remove what runs left behind, found by label.
+
+Every container and volume a run creates carries ``fsrlm=1``,
+``fsrlm.run-id=<run id>`` and ``fsrlm.created=<unix time>``
+(``hardening.run_labels``). ``remove_run`` removes one run's leftovers at the
+end of that run; ``gc`` removes those of runs whose orchestrator crashed.
+
+Functions here are blocking (docker SDK calls); run them in a thread from async code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import docker.errors
+
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
+from fsrlm.errors import SandboxError
+
+logger = logging.getLogger(__name__)
+
+
+def _created(labels: dict[str, str], fallback: float) -> float:
+    try:
+        return float(labels.get(LABEL_CREATED, ""))
+    except ValueError:
+        return fallback
+
+
+def _remove_containers(client, filters: dict, older_than: float | None, now: float) -> list[str]:
+    removed = []
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
+        labels = container.labels or {}
+        if older_than is not None and now - _created(labels, now) < older_than:
+            continue
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass  # went away meanwhile
+        removed.append(container.name)
+    return removed
+
+
+def _remove_volumes(client, filters: dict, older_than: float | None, now: float) -> list[str]:
+    removed = []
+    for volume in client.volumes.list(filters=filters):
+        labels = volume.attrs.get("Labels") or {}
+        if older_than is not None and now - _created(labels, now) < older_than:
+            continue
+        try:
+            volume.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        removed.append(volume.name)
+    return removed
+
+
+def remove_run(client, run_id: str) -> list[str]:
+    """Remove every container and volume labelled with ``run_id``; return their names."""
+    filters = {"label": [f"{LABEL_APP}=1", f"{LABEL_RUN_ID}={run_id}"]}
+    try:
+        now = time.time()
+        return _remove_containers(client, filters, None, now) + _remove_volumes(client, filters, None, now)
+    except docker.errors.DockerException as e:
+        raise SandboxError(
+            f"Could not remove the containers of run {run_id}: {e}. Remove them later with `fsrlm gc`."
+        ) from e
+
+
+def gc(client, older_than_seconds: float = 0.0) -> list[str]:
+    """Remove fsRLM containers and volumes created more than ``older_than_seconds`` ago.
+
+    Running containers of live runs are removed too when they are old enough:
+    choose the age accordingly (longer than any run's timeout).
+    """
+    filters = {"label": f"{LABEL_APP}=1"}
+    try:
+        now = time.time()
+        removed = _remove_containers(client, filters, older_than_seconds, now)
+        removed += _remove_volumes(client, filters, older_than_seconds, now)
+    except docker.errors.DockerException as e:
+        raise SandboxError(f"Could not list or remove fsRLM containers: {e}") from e
+    if removed:
+        logger.info("removed %d leftover(s): %s", len(removed), ", ".join(removed))
+    return removed

@@ -1,0 +1,242 @@
+"""The agent's stdin/stdout/stderr over Docker's attach stream.
+
+The container is created with ``stdin_open`` and ``stdin_once`` and attached
+*before* it starts, so no output is lost. The attach connection is a raw
+(hijacked) socket: we write the agent's stdin to it, half-close it to send
+EOF, and read Docker's multiplexed output — frames of an 8-byte header
+``[stream, 0, 0, 0, size (big endian u32)]`` followed by ``size`` bytes, where
+stream 1 is stdout and 2 is stderr.
+
+Everything runs on the event loop (``loop.sock_recv`` / ``loop.sock_sendall``
+on the non-blocking socket); only short docker API calls (kill, wait, inspect)
+go to a thread.
+
+Stdout is buffered up to ``STDOUT_BUFFER_BYTES`` for the reader of
+``stdout_lines``; past that, reading pauses (back-pressure, as with a pipe)
+until the reader catches up — or, once ``wait`` or ``kill`` was called, the
+excess is dropped so that waiting can never deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+
+import docker.errors
+import requests.exceptions
+
+from executors.base import AgentProcess, ExecResult
+from fsrlm.errors import SandboxError
+
+logger = logging.getLogger(__name__)
+
+STDOUT_BUFFER_BYTES = 64 * 1024 * 1024
+STDERR_TAIL_BYTES = 16 * 1024
+_RECV = 256 * 1024
+_HEADER = struct.Struct(">BxxxL")
+
+
+def raw_socket(attached) -> socket.socket:
+    """The plain socket under what ``APIClient.attach_socket`` returned."""
+    sock = attached if isinstance(attached, socket.socket) else getattr(attached, "_sock", None)
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        raise SandboxError(
+            "The docker executor needs a local Docker engine (unix socket or plain TCP); "
+            "for a remote or TLS engine use the remote-docker executor."
+        )
+    return sock
+
+
+class DockerAgentProcess(AgentProcess):
+    """One agent container's streams and lifetime. Create it with ``attach`` + ``start`` done by the sandbox."""
+
+    def __init__(self, api, container_id: str, attached, *, timeout_seconds: float | None = None) -> None:
+        self._api = api
+        self.container_id = container_id
+        self._attached = attached  # keeps the HTTP response (and so the socket) alive
+        self._sock = raw_socket(attached)
+        self._sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+
+        self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._stdout_buffered = 0
+        self._stdout_drained = asyncio.Event()
+        self._discard_excess = False
+        self._stderr_tail = bytearray()
+
+        self._stdin_closed = False
+        self._write_lock = asyncio.Lock()
+        self._killed = False
+        self.timed_out = False
+        self._result: ExecResult | None = None
+        self._wait_lock = asyncio.Lock()
+        self._closed = False
+
+        self._pump_task = self._loop.create_task(self._pump(), name=f"fsrlm-attach-{container_id[:12]}")
+        self._deadline = (
+            self._loop.call_later(timeout_seconds, self._on_timeout) if timeout_seconds and timeout_seconds > 0 else None
+        )
+
+    # -- output ---------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                data = await self._loop.sock_recv(self._sock, _RECV)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= _HEADER.size:
+                    stream, size = _HEADER.unpack_from(buf)
+                    end = _HEADER.size + size
+                    if len(buf) < end:
+                        break
+                    payload = bytes(buf[_HEADER.size : end])
+                    del buf[:end]
+                    if stream == 1:
+                        await self._put_stdout(payload)
+                    elif stream == 2:
+                        self._add_stderr(payload)
+        except (OSError, ValueError) as e:  # connection reset, or socket closed by close()
+            logger.debug("attach stream of %s ended: %s", self.container_id[:12], e)
+        finally:
+            self._stdout.put_nowait(None)
+
+    async def _put_stdout(self, payload: bytes) -> None:
+        while self._stdout_buffered >= STDOUT_BUFFER_BYTES:
+            if self._discard_excess:
+                logger.warning("agent stdout not read; dropped %d bytes", len(payload))
+                return
+            self._stdout_drained.clear()
+            await self._stdout_drained.wait()
+        self._stdout_buffered += len(payload)
+        self._stdout.put_nowait(payload)
+
+    def _add_stderr(self, payload: bytes) -> None:
+        self._stderr_tail += payload
+        if len(self._stderr_tail) > 2 * STDERR_TAIL_BYTES:
+            del self._stderr_tail[:-STDERR_TAIL_BYTES]
+
+    def _stop_backpressure(self) -> None:
+        self._discard_excess = True
+        self._stdout_drained.set()
+
+    async def stdout_lines(self) -> AsyncIterator[bytes]:
+        """Yield stdout one line at a time (without the newline); one reader only."""
+        pending = bytearray()
+        while True:
+            chunk = await self._stdout.get()
+            if chunk is None:
+                break
+            self._stdout_buffered -= len(chunk)
+            self._stdout_drained.set()
+            pending += chunk
+            start = 0
+            while (nl := pending.find(b"\n", start)) != -1:
+                yield bytes(pending[start:nl])
+                start = nl + 1
+            del pending[:start]
+        if pending:
+            yield bytes(pending)
+
+    @property
+    def stderr_tail(self) -> str:
+        return bytes(self._stderr_tail[-STDERR_TAIL_BYTES:]).decode("utf-8", errors="replace")
+
+    # -- input ----------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        if self._stdin_closed:
+            raise SandboxError("The agent's stdin is already closed.")
+        async with self._write_lock:
+            try:
+                await self._loop.sock_sendall(self._sock, data)
+            except OSError as e:
+                raise SandboxError(f"Cannot write to the agent's stdin (the container has stopped?): {e}") from e
+
+    async def close_stdin(self) -> None:
+        if self._stdin_closed:
+            return
+        self._stdin_closed = True
+        async with self._write_lock:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+
+    # -- lifetime -------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        if self._result is None:
+            logger.warning("container %s reached its timeout; killing it", self.container_id[:12])
+            self.timed_out = True
+            self._loop.create_task(self.kill())
+
+    async def kill(self) -> None:
+        """SIGKILL the container (its init, so every process in it); safe to call more than once."""
+        self._stop_backpressure()
+        if self._result is not None:
+            return
+        try:
+            await asyncio.to_thread(self._api.kill, self.container_id)
+            self._killed = True
+        except docker.errors.NotFound:
+            pass  # removed from outside
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: not running any more
+                raise SandboxError(f"Cannot kill container {self.container_id[:12]}: {e.explanation or e}") from e
+
+    async def wait(self) -> ExecResult:
+        """Wait for the container to exit; the result is cached."""
+        async with self._wait_lock:
+            if self._result is not None:
+                return self._result
+            self._stop_backpressure()
+            await asyncio.shield(self._pump_task)  # the stream ends when the container exits
+            state = await asyncio.to_thread(self._exit_state)
+            if self._deadline is not None:
+                self._deadline.cancel()
+            exit_code, oom_killed, note = state
+            tail = self.stderr_tail
+            if note:
+                tail = (tail + ("\n" if tail and not tail.endswith("\n") else "") + note)[-STDERR_TAIL_BYTES:]
+            self._result = ExecResult(exit_code=exit_code, killed=self._killed, oom_killed=oom_killed, stderr_tail=tail)
+            return self._result
+
+    def _exit_state(self) -> tuple[int | None, bool, str]:
+        """Blocking: wait until the container is not running, then read its state."""
+        while True:
+            try:
+                self._api.wait(self.container_id, timeout=30)
+                info = self._api.inspect_container(self.container_id)
+            except docker.errors.NotFound:
+                return None, False, "fsrlm: the container was removed before its exit status was read"
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                continue  # still running although the stream ended: keep waiting (the timeout kills it)
+            except docker.errors.DockerException as e:
+                raise SandboxError(f"Cannot read the exit status of container {self.container_id[:12]}: {e}") from e
+            state = info.get("State") or {}
+            if state.get("Running"):
+                continue
+            note = state.get("Error") or ""
+            return state.get("ExitCode"), bool(state.get("OOMKilled")), note
+
+    async def aclose(self) -> None:
+        """Stop reading and close the attach connection (the sandbox kills the container first)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._stop_backpressure()
+        self._pump_task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._pump_task
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(Exception):
+            self._attached.close()

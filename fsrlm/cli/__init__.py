@@ -1,0 +1,1 @@
+"""The ``fsrlm`` command line (one module per command group)."""

@@ -1,0 +1,72 @@
+"""``fsrlm run``: answer a question about a file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from executors.configs import EXECUTOR_TYPES
+from fsrlm.cli.exit_codes import exit_code_for_stop
+from fsrlm.config import load_config
+from fsrlm.errors import InputError
+from fsrlm.rlm import RLM
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-q", "--question", help="The question about INPUT (shown to the agent, saved to input/question.md).")
+@click.option("-s", "--system", help="A system prompt for the task.")
+@click.option("-e", "--executor", type=click.Choice(EXECUTOR_TYPES), help="Where the agent runs (default: config).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default ./fsrlm.toml).")
+@click.option("-w", "--workspace", type=click.Path(file_okay=False), help="Parent folder for run folders (kept).")
+@click.option("--root-model", help="Model of the root agent.")
+@click.option("--submodel", help="Model for subcalls from scripts.")
+@click.option("--max-turns", type=int)
+@click.option("--max-budget-usd", type=float)
+@click.option("--timeout", "timeout_seconds", type=float, help="Wall-clock limit of the run in seconds.")
+@click.option("--preserve-workspace/--no-preserve-workspace", default=None, help="Keep the run folder after success.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+def run(input_path: str, question: str | None, system: str | None, executor: str | None,
+        config_path: str | None, workspace: str | None, as_json: bool, **flags: Any) -> None:
+    """Run the RLM over INPUT (a file, or - for stdin) and print the answer.
+
+    The file's bytes go to input/prompt.md unchanged. Exit codes: 0 answer,
+    1 no answer, 2 configuration/input error, 3 limit or timeout reached,
+    4 sandbox error, 5 model API error.
+    """
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if executor:
+        overrides["executor"] = {"type": executor}
+    if workspace:
+        overrides["workspace_dir"] = workspace
+        overrides.setdefault("preserve_workspace", True)
+    config = load_config(config_path, overrides=overrides)
+
+    if input_path == "-":
+        prompt: Any = sys.stdin.buffer
+    else:
+        path = Path(input_path)
+        if not path.is_file():
+            raise InputError(f"input file {input_path} does not exist")
+        prompt = path
+    result = RLM(config).invoke(prompt, question=question, system=system)
+
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+    else:
+        if result.answer:
+            click.echo(result.answer)
+        m = result.metrics
+        click.echo(
+            f"[{result.stop_reason}] {m.turns} turns, {m.subcalls} subcalls (+{m.subcalls_cached} cached, "
+            f"{m.subcalls_refused} refused), ${m.total_cost_usd:.4f}, {m.wall_seconds:.1f}s"
+            + (f", workspace {result.workspace_path}" if result.workspace_path else ""),
+            err=True,
+        )
+        for error in result.errors:
+            click.echo(f"error: {error}", err=True)
+    sys.exit(exit_code_for_stop(result.stop_reason))

@@ -1,0 +1,92 @@
+"""Shared fixtures: an isolated environment, the scripted model, configs per executor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsrlm.config import RLMConfig
+from fsrlm.testing.scripted_model import ScriptedModelServer
+
+# A key the broker holds in tests: it must reach the scripted upstream and never the sandbox.
+FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
+EXECUTORS = ["local", "docker"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point cache and config at a temp dir and drop the user's credentials and FSRLM_* settings."""
+    home = tmp_path_factory.mktemp("home")
+    for name in list(os.environ):
+        if name.startswith(("FSRLM_", "ANTHROPIC_", "AWS_", "CLAUDE_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    monkeypatch.chdir(home)  # no ./fsrlm.toml is picked up by accident
+    yield home
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedModelServer]:
+    """A fresh scripted Anthropic-compatible model on a loopback port."""
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor_type(request: pytest.FixtureRequest) -> str:
+    """Runs a test once per executor backend (the conformance suite)."""
+    if request.param != "local":
+        request.applymarker(pytest.mark.docker)
+        request.getfixturevalue("docker_image")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The sandbox image, built once per session (CI builds it before the tests)."""
+    from executors.docker.image import ensure_image
+
+    import docker
+
+    client = docker.from_env()
+    try:
+        return ensure_image(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_config(scripted: ScriptedModelServer, tmp_path: Path) -> Callable[..., RLMConfig]:
+    """Build an RLMConfig that talks to the scripted model through the broker."""
+
+    def build(executor: str = "local", **overrides: Any) -> RLMConfig:
+        data: dict[str, Any] = {
+            "upstream": {"type": "compatible", "base_url": scripted.url, "api_key": FAKE_UPSTREAM_KEY,
+                         "max_retries": 3},
+            "executor": {"type": executor},
+            "cache_dir": str(tmp_path / "cache"),
+            "workspace_dir": str(tmp_path / "runs"),
+            "preserve_workspace": True,
+            "root_model": "scripted-root",
+            "submodel": "scripted-sub",
+            "timeout_seconds": 120,
+        }
+        data.update(overrides)
+        return RLMConfig.model_validate(data)
+
+    return build
+
+
+def log_lines(n: int = 600, label: str = "ERROR", every: int = 13) -> tuple[str, int]:
+    """A log of ``n`` lines where every ``every``-th line has ``label``; returns (text, count)."""
+    lines = [
+        f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d} host-{i % 7} {label if i % every == 0 else 'INFO'} "
+        f"request {i} finished with payload {'x' * 48}"
+        for i in range(n)
+    ]
+    return "\n".join(lines) + "\n", sum(1 for i in range(n) if i % every == 0)
