@@ -54,10 +54,15 @@ start_dockerd() {
     as_root sh -c "setsid nohup dockerd $* >>'$LOG' 2>&1 </dev/null & echo \$!"
 }
 
-# Leftover pid/socket files of a daemon that died keep a new one from starting.
-if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid 2>/dev/null)" 2>/dev/null; then
-    as_root rm -f /var/run/docker.pid
-fi
+# A pid file left by a daemon that died keeps a new one from starting.
+remove_stale_pidfile() {
+    local pidfile=/var/run/docker.pid old
+    [ -f "$pidfile" ] || return 0
+    old="$(cat "$pidfile" 2>/dev/null || true)"
+    if [ -z "$old" ] || [ ! -d "/proc/$old" ]; then as_root rm -f "$pidfile"; fi
+}
+
+remove_stale_pidfile
 
 pid="$(start_dockerd)"
 if wait_for_docker "$pid"; then
@@ -68,7 +73,7 @@ fi
 log "dockerd did not come up with its default storage driver; retrying with --storage-driver=vfs"
 as_root kill "$pid" 2>/dev/null || true
 sleep 1
-as_root rm -f /var/run/docker.pid
+remove_stale_pidfile
 pid="$(start_dockerd --storage-driver=vfs)"
 if wait_for_docker "$pid"; then
     log "dockerd is up (storage driver: vfs)"

@@ -25,6 +25,7 @@ it lives elsewhere, and ``<interactive>`` for ``python -c`` or a REPL.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import sys
@@ -97,14 +98,9 @@ def _script_name() -> str:
     return os.path.basename(path)
 
 
-def _header_safe(value: str) -> str:
-    """Percent-encode a header value unless it is plain printable ASCII."""
-    if value.isascii() and value.isprintable():
-        return value
-    return urllib.parse.quote(value, safe="".join(chr(c) for c in range(33, 127) if chr(c) != "%"))
-
-
 SCRIPT_NAME = _script_name()  # computed at import, before the script can chdir
+_SCRIPT_HEADER = (SCRIPT_NAME if SCRIPT_NAME.isascii() and SCRIPT_NAME.isprintable()
+                  else urllib.parse.quote(SCRIPT_NAME, safe="/<>"))  # header values must be ASCII
 
 
 def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,7 +111,7 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
                        error_type="connection_error")
     headers = {
         "x-api-key": os.environ.get("FSRLM_BROKER_TOKEN", ""),
-        "x-fsrlm-script": _header_safe(SCRIPT_NAME),
+        "x-fsrlm-script": _SCRIPT_HEADER,
         "accept": "application/json",
     }
     data = None
@@ -128,24 +124,18 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         raise _from_http_error(exc) from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, timeout…
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError):
             raise LLMError(f"the broker did not answer within {TIMEOUT_S:.0f} s", error_type="timeout") from None
-        raise LLMError(f"the broker is not reachable at FSRLM_BROKER_URL={base!r}: {exc.reason}",
-                       error_type="connection_error") from None
-    except TimeoutError:
-        raise LLMError(f"the broker did not answer within {TIMEOUT_S:.0f} s", error_type="timeout") from None
-    except OSError as exc:  # reset, broken pipe, remote disconnected (http.client)
-        raise LLMError(f"the connection to the broker at {base!r} failed: {exc}",
+        raise LLMError(f"the broker is not reachable at FSRLM_BROKER_URL={base!r}: {reason}",
                        error_type="connection_error") from None
     try:
         answer = json.loads(raw)
     except ValueError:
-        raise LLMError(f"the broker sent an answer that is not JSON: {raw[:200]!r}",
-                       status=200, error_type="bad_response") from None
+        answer = None
     if not isinstance(answer, dict):
-        raise LLMError(f"the broker sent an unexpected answer: {raw[:200]!r}", status=200,
-                       error_type="bad_response")
+        raise LLMError(f"the broker sent an unexpected answer: {raw[:200]!r}", status=200, error_type="bad_response")
     return answer
 
 

@@ -148,7 +148,10 @@ def _workspace_path(body: dict, relative: str) -> str:
 
 
 def _label_from_question(body: dict) -> str | None:
-    for word in re.findall(r"\b[A-Z][A-Z0-9_]*\b", first_user_text(body)):
+    text = first_user_text(body)
+    # fsRLM's first message wraps the question in <question> tags after an input preview.
+    question = re.search(r"<question>(.*?)</question>", text, re.S)
+    for word in re.findall(r"\b[A-Z][A-Z0-9_]*\b", question.group(1) if question else text):
         if sum(c.isalpha() for c in word) >= 3:
             return word
     return None

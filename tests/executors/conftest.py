@@ -1,0 +1,168 @@
+"""Fixtures of the docker executor tests: a fake broker on a unix socket, a workspace, a spec.
+
+The fake broker is a tiny aiohttp app on a unix socket in a private 0700
+folder (as the real broker's): ``GET /fsrlm/v1/health`` answers ``{"ok": true}``
+to the run token, and ``POST /v1/messages`` answers any request with one fixed
+text, as a stream of server-sent events, so the real CLI can finish a turn.
+Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from executors.base import BrokerEndpoint, SandboxSpec
+
+FAKE_ANSWER = "pong from the fake broker"
+
+
+@dataclass
+class FakeBroker:
+    socket: Path
+    token: str
+    requests: list[dict] = field(default_factory=list)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    return request.headers.get("x-api-key") == token or request.headers.get("authorization") == f"Bearer {token}"
+
+
+def _make_app(broker: FakeBroker) -> web.Application:
+    async def record(request: web.Request) -> dict:
+        body = await request.read()
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "headers": dict(request.headers),
+            "json": json.loads(body) if body.strip().startswith(b"{") else None,
+        }
+        broker.requests.append(entry)
+        return entry
+
+    async def health(request: web.Request) -> web.Response:
+        await record(request)
+        if not _authorized(request, broker.token):
+            return web.json_response({"type": "error", "error": {"type": "authentication_error",
+                                                                 "message": "bad token", "limit": None}}, status=401)
+        return web.json_response({"ok": True})
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        entry = await record(request)
+        model = (entry["json"] or {}).get("model", "fake-model")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(event: str, data: dict) -> None:
+            await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+
+        usage = {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        await send("message_start", {"type": "message_start", "message": {
+            "id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}})
+        await send("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}})
+        await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": FAKE_ANSWER}})
+        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        await send("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                        "stop_sequence": None},
+                                     "usage": {"output_tokens": 5}})
+        await send("message_stop", {"type": "message_stop"})
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/fsrlm/v1/health", health)
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+@pytest.fixture
+async def fake_broker() -> AsyncIterator[FakeBroker]:
+    folder = Path(tempfile.mkdtemp(prefix="fsrlm-b-"))  # short: unix socket paths max out at 107 bytes
+    os.chmod(folder, 0o700)
+    broker = FakeBroker(socket=folder / "broker.sock", token=secrets.token_urlsafe(24))
+    runner = web.AppRunner(_make_app(broker), access_log=None)
+    await runner.setup()
+    site = web.UnixSite(runner, str(broker.socket))
+    await site.start()
+    os.chmod(broker.socket, 0o600)
+    try:
+        yield broker
+    finally:
+        await runner.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A run folder shaped like the orchestrator's (see docs/internals.md)."""
+    ws = tmp_path / "run"
+    for sub in ("input", "state", "cache/llm", "scratch/scripts", "output", "tools", ".claude", ".agent"):
+        (ws / sub).mkdir(parents=True)
+    (ws / "input" / "prompt.md").write_text("the input\n")
+    (ws / "tools" / "README.md").write_text("tools\n")
+    return ws
+
+
+@pytest.fixture
+def make_spec(workspace: Path, fake_broker: FakeBroker) -> Callable[..., SandboxSpec]:
+    async def open_tcp() -> int:  # the docker executor never needs it
+        raise AssertionError("the docker executor must use the unix socket")
+
+    def build(timeout_seconds: float = 120.0, run_id: str | None = None) -> SandboxSpec:
+        return SandboxSpec(
+            run_id=run_id or f"test-{uuid.uuid4().hex[:10]}",
+            workspace=workspace,
+            broker=BrokerEndpoint(unix_socket=fake_broker.socket, open_tcp=open_tcp),
+            env={"FSRLM_BROKER_TOKEN": fake_broker.token},
+            timeout_seconds=timeout_seconds,
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def agent_env(fake_broker: FakeBroker) -> dict[str, str]:
+    """What the orchestrator passes to start_agent: the run token as the CLI's key, nothing else secret."""
+    return {
+        "FSRLM_BROKER_TOKEN": fake_broker.token,
+        "ANTHROPIC_API_KEY": fake_broker.token,
+        "FSRLM_SUBCALL_CONCURRENCY": "4",
+    }
+
+
+async def _run_to_end(process, stdin: bytes | None = None) -> tuple[list[bytes], object]:
+    if stdin is not None:
+        await process.write(stdin)
+    await process.close_stdin()
+    lines = [line async for line in process.stdout_lines()]
+    result = await asyncio.wait_for(process.wait(), 60)
+    return lines, result
+
+
+@pytest.fixture
+def run_to_end() -> Callable:
+    """``await run_to_end(process, stdin=None)``: feed stdin then EOF, collect stdout lines, wait."""
+    return _run_to_end
