@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import os
 import signal
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,8 +29,33 @@ STDOUT_LINE_LIMIT = 64 * 1024 * 1024
 _KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def bundled_cli() -> Path:
     return Path(_sdk_file).parent / "_bundled" / "claude"
+
+
+def _records_dir() -> Path:
+    """Where running local agents are recorded, so ``fsrlm gc`` can reap them after a crash."""
+    return Path(tempfile.gettempdir()) / f"fsrlm-{os.getuid()}" / "local"
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the CLI gets SIGKILL if the orchestrator dies,
+    # even by SIGKILL; scripts it started are reaped by `fsrlm gc` (same process group).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalProcess(AgentProcess):
@@ -82,6 +111,7 @@ class LocalSandbox(Sandbox):
         self.workspace_path = str(spec.workspace)
         self.broker_url = broker_url
         self._process: LocalProcess | None = None
+        self._record: Path | None = None
 
     async def start_agent(self, argv: list[str], env: dict[str, str]) -> AgentProcess:
         ws = self.workspace_path
@@ -102,10 +132,14 @@ class LocalSandbox(Sandbox):
             proc = await asyncio.create_subprocess_exec(
                 self.cli_path, *argv, cwd=ws, env=full_env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=STDOUT_LINE_LIMIT,
+                start_new_session=True, limit=STDOUT_LINE_LIMIT, preexec_fn=_die_with_parent,
             )
         except OSError as e:
             raise SandboxError(f"cannot start the Claude Code CLI at {self.cli_path}: {e.strerror}") from None
+        self._record = _records_dir() / f"{self.spec.run_id}.json"
+        with contextlib.suppress(OSError):
+            self._record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._record.write_text(json.dumps({"pgid": proc.pid, "orchestrator": os.getpid(), "created": time.time()}))
         self._process = LocalProcess(proc)
         return self._process
 
@@ -116,6 +150,9 @@ class LocalSandbox(Sandbox):
         if self._process is not None:
             await self._process.kill()
             self._process = None
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+            self._record = None
 
 
 class LocalExecutor(Executor):
@@ -136,3 +173,19 @@ class LocalExecutor(Executor):
     async def prepare(self, spec: SandboxSpec) -> Sandbox:
         port = await spec.broker.open_tcp()
         return LocalSandbox(spec, self.cli_path, f"http://127.0.0.1:{port}")
+
+    async def gc(self, older_than_seconds: float = 0.0) -> list[str]:
+        """Kill the process groups of local runs whose orchestrator is gone."""
+        removed: list[str] = []
+        for record in sorted(_records_dir().glob("*.json")) if _records_dir().is_dir() else []:
+            try:
+                info = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if _alive(int(info["orchestrator"])) or time.time() - info.get("created", 0) < older_than_seconds:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(info["pgid"]), signal.SIGKILL)
+            record.unlink(missing_ok=True)
+            removed.append(f"local run {record.stem} (process group {info['pgid']})")
+        return removed

@@ -74,18 +74,23 @@ def read_bytes_in_workspace(workspace: Path, rel: str, max_bytes: int) -> bytes 
                 logger.warning("refusing to read %s: it is a symlink or not a regular file", rel)
                 return None
             raise
-        with os.fdopen(fd, "rb", closefd=True) as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                logger.warning("refusing to read %s: not a regular file", rel)
-                return None
-            if st.st_nlink > 1:
-                logger.warning("refusing to read %s: it has %d hard links", rel, st.st_nlink)
-                return None
-            data = f.read(max_bytes)
-            if len(data) == max_bytes and st.st_size > max_bytes:
-                logger.warning("%s is %d bytes; read only the first %d", rel, st.st_size, max_bytes)
-            return data
+        fds.append(fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            logger.warning("refusing to read %s: not a regular file", rel)
+            return None
+        if st.st_nlink > 1:
+            logger.warning("refusing to read %s: it has %d hard links", rel, st.st_nlink)
+            return None
+        chunks = []
+        left = max_bytes
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) == max_bytes and st.st_size > max_bytes:
+            logger.warning("%s is %d bytes; read only the first %d", rel, st.st_size, max_bytes)
+        return data
     finally:
         for fd in fds:
             os.close(fd)

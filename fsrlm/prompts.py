@@ -41,6 +41,19 @@ def system_append(limits: dict, user_system: str | None) -> str:
     return text
 
 
+QUESTION_HEAD = 1000
+QUESTION_TAIL = 3000
+
+
+def _bounded(question: str) -> str:
+    """The question, or its start and end when it is huge (e.g. the last of the messages holds the input)."""
+    if len(question) <= QUESTION_HEAD + QUESTION_TAIL:
+        return question
+    omitted = len(question) - QUESTION_HEAD - QUESTION_TAIL
+    return (f"{question[:QUESTION_HEAD]}\n\n[... {omitted:,} characters omitted; the full question is in "
+            f"input/question.md ...]\n\n{question[-QUESTION_TAIL:]}")
+
+
 def first_message(summary: InputSummary) -> str:
     parts: list[str] = []
     if summary.size_bytes <= INLINE_LIMIT:
@@ -62,7 +75,8 @@ def first_message(summary: InputSummary) -> str:
     if summary.attachments:
         parts.append("Attachments in input/attachments/: " + ", ".join(summary.attachments))
     if summary.question:
-        parts.append(f"The question (also in input/question.md):\n\n<question>\n{summary.question}\n</question>")
+        question = _bounded(summary.question)
+        parts.append(f"The question (also in input/question.md):\n\n<question>\n{question}\n</question>")
     elif summary.size_bytes > INLINE_LIMIT:
         parts.append("There is no separate question: the task is stated in the input, usually at its "
                      "start or end (both shown above).")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine, Mapping
+import queue
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fsrlm.config import RLMConfig, load_config
+from fsrlm.events import RLMEvent
 from fsrlm.results import RLMResult
-from fsrlm.run import RunInput, run_rlm
+from fsrlm.run import RunInput, resume_rlm, run_rlm
 from fsrlm.workspace import InputLike
 
 T = TypeVar("T")
@@ -66,6 +70,76 @@ class RLM:
         """Synchronous ``ainvoke``; works inside a running event loop too."""
         return run_sync(self.ainvoke(prompt, messages=messages, system=system, question=question,
                                      attachments=attachments))
+
+
+    async def astream(
+        self,
+        prompt: InputLike | None = None,
+        *,
+        messages: list[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        question: str | None = None,
+        attachments: Mapping[str, InputLike] | None = None,
+    ) -> AsyncIterator[RLMEvent]:
+        """Run like ``ainvoke`` and yield events as they happen; the last one is ``result``.
+
+        Events of nested runs (``rlm_query``) are included, with their own ``run_id``.
+        """
+        inp = RunInput(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
+        async for event in _events_of(lambda sink: run_rlm(self.config, inp, on_event=sink)):
+            yield event
+
+    def stream(self, prompt: InputLike | None = None, **kwargs: Any) -> Iterator[RLMEvent]:
+        """Synchronous ``astream`` (the run happens on a worker thread)."""
+        return _iterate_in_thread(self.astream(prompt, **kwargs))
+
+    async def aresume(self, workspace: str | Path) -> RLMResult:
+        """Continue an interrupted run in its workspace (see ``fsrlm resume``)."""
+        return await resume_rlm(self.config, Path(workspace))
+
+    def resume(self, workspace: str | Path) -> RLMResult:
+        return run_sync(self.aresume(workspace))
+
+
+async def _events_of(start) -> AsyncIterator[RLMEvent]:
+    events: asyncio.Queue[RLMEvent] = asyncio.Queue()
+    task = asyncio.create_task(start(events.put_nowait))
+    try:
+        while not task.done() or not events.empty():
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        task.result()  # re-raise a run that failed before it could report
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _iterate_in_thread(agen: AsyncIterator[RLMEvent]) -> Iterator[RLMEvent]:
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in agen:
+                items.put(("event", item))
+        except BaseException as e:  # handed to the consumer thread
+            items.put(("error", e))
+        finally:
+            items.put(("done", None))
+
+    threading.Thread(target=asyncio.run, args=(pump(),), name="fsrlm-stream", daemon=True).start()
+    while True:
+        kind, value = items.get()
+        if kind == "event":
+            yield value
+        elif kind == "error":
+            raise value
+        else:
+            return
 
 
 def invoke(prompt: InputLike | None = None, *, config: RLMConfig | None = None, **kwargs: Any) -> RLMResult:

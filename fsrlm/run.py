@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, query
+from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, SystemMessage, query
 from pydantic import BaseModel, ConfigDict
 
 from executors.base import SandboxSpec
@@ -23,9 +23,11 @@ from fsrlm.agent import SandboxTransport, agent_env, cli_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig
-from fsrlm.errors import FsrlmError, InputError, SandboxError
+from fsrlm.errors import FsrlmError, InputError, SandboxError, WorkspaceError
+from fsrlm.events import EventLog, Subscriber
 from fsrlm.prompts import InputSummary, first_message, system_append
 from fsrlm.results import RLMResult, RunMetrics, StopReason
+from fsrlm.runstate import RunState, RunStateStore
 from fsrlm.workspace import InputLike, Workspace
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,20 @@ def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) ->
     return ws, InputSummary(size_bytes=size, head=head, tail=tail, question=question, attachments=attachments)
 
 
+RESUME_MESSAGE = (
+    "This run was interrupted and is now resumed. The workspace is as you left it; model calls you "
+    "already made are answered from the cache for free. Continue where you stopped and write "
+    "output/answer.md."
+)
+
+
+async def _preflight(config: RLMConfig):
+    check_credentials(config.upstream)
+    executor = create_executor(config.executor)
+    await executor.check()  # e.g. Docker down: fail before anything is written
+    return executor
+
+
 async def run_rlm(
     config: RLMConfig,
     inp: RunInput,
@@ -95,33 +111,65 @@ async def run_rlm(
     depth: int = 0,
     shared: SharedLedger | None = None,
     parent_dir=None,
+    on_event: Subscriber | None = None,
 ) -> RLMResult:
     """Run the root agent over ``inp`` and return what it produced."""
     inp.check()
-    check_credentials(config.upstream)
-    executor = create_executor(config.executor)
-    await executor.check()  # e.g. Docker down: fail before anything is written
-
-    started = time.monotonic()
+    executor = await _preflight(config)
     run_id = new_run_id()
     ws, summary = _prepare_workspace(config, inp, run_id, parent_dir or config.workspace_dir)
-    limits = limits_of(config)
     ws.write_job({
-        "run_id": run_id, "depth": depth, "limits": limits.model_dump(),
+        "run_id": run_id, "depth": depth, "limits": limits_of(config).model_dump(),
         "root_model": config.effective_root_model, "submodel": config.effective_submodel,
         "executor": config.executor.type, "input_bytes": summary.size_bytes,
     })
+    return await _execute(config, executor, ws, first_message(summary), system=inp.system, depth=depth,
+                          shared=shared or SharedLedger(), on_event=on_event)
 
-    shared = shared or SharedLedger()
+
+async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | None = None) -> RLMResult:
+    """Continue an interrupted run in its own workspace: same conversation, spent limits kept."""
+    ws = Workspace.open(workspace)
+    state = RunStateStore(config.effective_cache_dir).load(ws.run_id)
+    if state.session_id is None:
+        raise WorkspaceError(f"run {ws.run_id} stopped before the agent started; start it again instead")
+    executor = await _preflight(config)
+    system = ws.read("input/system.md", 1 << 20)
+    return await _execute(config, executor, ws, RESUME_MESSAGE, system=system, depth=state.depth,
+                          shared=state.shared_ledger(), on_event=on_event, resume=state)
+
+
+async def _execute(
+    config: RLMConfig,
+    executor,
+    ws: Workspace,
+    prompt: str,
+    *,
+    system: str | None,
+    depth: int,
+    shared: SharedLedger,
+    on_event: Subscriber | None,
+    resume: RunState | None = None,
+) -> RLMResult:
+    started = time.monotonic()
+    run_id = ws.run_id
+    limits = limits_of(config)
     token = secrets.token_urlsafe(32)
+    events = EventLog(ws.root, run_id, [on_event] if on_event else [])
+    store = RunStateStore(config.effective_cache_dir)
+    session_id: str | None = resume.session_id if resume else None
 
     async def nested(prompt: str, context: str) -> dict[str, Any]:
         child = await run_rlm(
             config, RunInput(prompt=context or prompt, question=prompt),
-            depth=depth + 1, shared=shared, parent_dir=ws.root / "nested",
+            depth=depth + 1, shared=shared, parent_dir=ws.root / "nested", on_event=on_event,
         )
         return {"answer": child.answer or "", "success": child.success, "run_id": child.run_id,
                 "stop_reason": child.stop_reason}
+
+    def on_record(record) -> None:
+        store.save(RunState.of(broker.ledger, run_id=run_id, workspace=ws.root, session_id=session_id))
+        events.call_record(record, broker.ledger.snapshot())
 
     broker = Broker(
         BrokerSettings(
@@ -130,13 +178,16 @@ async def run_rlm(
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
         ),
-        depth=depth, shared=shared, nested_runner=nested,
+        depth=depth, shared=shared, nested_runner=nested, on_record=on_record,
     )
+    if resume is not None:
+        resume.restore(broker.ledger)
     errors: list[str] = []
     stop: StopReason = "error"
     turns = 0
-    session_id: str | None = None
     sandbox = None
+    events.emit("run_started", data={"depth": depth, "executor": config.executor.type,
+                                     "root_model": config.effective_root_model, "resumed": resume is not None})
     try:
         endpoint = await broker.start()
         env = agent_env(token=token, run_id=run_id, depth=depth, concurrency=config.subcall_concurrency,
@@ -145,23 +196,31 @@ async def run_rlm(
             run_id=run_id, workspace=ws.root, broker=endpoint, env=env, timeout_seconds=config.timeout_seconds,
         ))
         argv = cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
-                        system_append=system_append(limits.model_dump(), inp.system))
+                        system_append=system_append(limits.model_dump(), system),
+                        resume=resume.session_id if resume else None)
         transport = SandboxTransport(sandbox, argv, env)
         result_msg: ResultMessage | None = None
+        poller = asyncio.create_task(_poll_artifacts(events))
         try:
             async with asyncio.timeout(config.timeout_seconds):
-                async for message in query(prompt=first_message(summary), options=ClaudeAgentOptions(),
-                                           transport=transport):
-                    if isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                async for message in query(prompt=prompt, options=ClaudeAgentOptions(), transport=transport):
+                    if isinstance(message, SystemMessage) and message.subtype == "init":
+                        session_id = message.data.get("session_id") or session_id
+                        store.save(RunState.of(broker.ledger, run_id=run_id, workspace=ws.root,
+                                               session_id=session_id))
+                    elif isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
                         turns += 1
                     elif isinstance(message, ResultMessage):
                         result_msg = message
                         session_id = message.session_id
+                    events.agent_message(message)
             stop = _stop_reason(result_msg, transport, errors)
         except TimeoutError:
             stop = "timeout"
             errors.append(f"the run exceeded timeout_seconds={config.timeout_seconds:g} and was stopped; "
                           "what the workspace held so far is kept")
+        finally:
+            poller.cancel()
         await sandbox.collect()
     except asyncio.CancelledError:
         stop = "interrupted"
@@ -180,12 +239,17 @@ async def run_rlm(
                 await sandbox.close()
         finally:
             await broker.stop()
+            state = RunState.of(broker.ledger, run_id=run_id, workspace=ws.root, session_id=session_id)
+            state.stop_reason = stop
+            state.finished = stop not in ("interrupted", "timeout")
+            store.save(state)
 
+    events.poll_artifacts()
     errors.extend(broker.fatal_errors)
     if broker.fatal_errors:
         stop = "upstream_error"
     for record in broker.records:
-        if record.status == "refused" and record.error and record.error not in errors:
+        if record.status == "refused" and record.error and f"{record.script}: {record.error}" not in errors:
             errors.append(f"{record.script}: {record.error}")
     answer = ws.read("output/answer.md", MAX_ANSWER_BYTES)
     if stop == "completed" and not (answer and answer.strip()):
@@ -200,10 +264,17 @@ async def run_rlm(
         answer=answer.strip() if answer else None, success=success, stop_reason=stop, metrics=metrics,
         errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=run_id, session_id=session_id,
     )
+    events.emit("result", data=result.summary())
     if success and not config.preserve_workspace and depth == 0:
         ws.remove()
         result.workspace_path = None
     return result
+
+
+async def _poll_artifacts(events: EventLog, interval: float = 0.5) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        events.poll_artifacts()
 
 
 def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, errors: list[str]) -> StopReason:

@@ -43,6 +43,25 @@ def sanitize_attachment_name(name: str) -> str:
     return base[:200]
 
 
+def _stream_into(out: IO[bytes], content: InputLike, what: str, file_what: str) -> None:
+    """Copy text, bytes, a path or a file object into ``out`` in blocks (never whole in memory)."""
+    if isinstance(content, str):
+        out.write(content.encode("utf-8"))
+    elif isinstance(content, bytes):
+        out.write(content)
+    elif isinstance(content, os.PathLike):
+        try:
+            with open(content, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except OSError as e:
+            raise InputError(f"cannot read {file_what} {os.fspath(content)}: {e.strerror}") from None
+    elif hasattr(content, "read"):
+        while block := content.read(1 << 20):
+            out.write(block.encode("utf-8") if isinstance(block, str) else block)
+    else:
+        raise InputError(f"{what} must be text, bytes, a path or a file, not {type(content).__name__}")
+
+
 def _package_dir(package: str) -> Path:
     return Path(str(resources.files(package)))
 
@@ -100,21 +119,7 @@ class Workspace:
         """Stream ``prompt`` to ``input/prompt.md``; return its size in bytes."""
         target = self.root / "input" / "prompt.md"
         with target.open("wb") as out:
-            if isinstance(prompt, str):
-                out.write(prompt.encode("utf-8"))
-            elif isinstance(prompt, bytes):
-                out.write(prompt)
-            elif isinstance(prompt, os.PathLike):
-                try:
-                    with open(prompt, "rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                except OSError as e:
-                    raise InputError(f"cannot read input file {os.fspath(prompt)}: {e.strerror}") from None
-            elif hasattr(prompt, "read"):
-                while block := prompt.read(1 << 20):
-                    out.write(block.encode("utf-8") if isinstance(block, str) else block)
-            else:
-                raise InputError(f"prompt must be text, bytes, a path or a file, not {type(prompt).__name__}")
+            _stream_into(out, prompt, "prompt", "input file")
         return target.stat().st_size
 
     def write_messages(self, messages: list[Mapping[str, Any]]) -> str:
@@ -175,16 +180,13 @@ class Workspace:
             if name in names:
                 raise InputError(f"two attachments map to the same file name {name!r}; rename one")
             target = self.root / "input" / "attachments" / name
-            with target.open("wb") as out:
-                if isinstance(content, str):
-                    out.write(content.encode())
-                elif isinstance(content, bytes):
-                    out.write(content)
-                elif isinstance(content, os.PathLike):
-                    with open(content, "rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                else:
-                    shutil.copyfileobj(content, out, 1 << 20)  # type: ignore[arg-type]
+            try:
+                out = target.open("xb")  # never overwrite, e.g. an image saved from the messages
+            except FileExistsError:
+                raise InputError(f"attachment {raw_name!r} maps to {name!r}, which already exists in "
+                                 "input/attachments/; rename it") from None
+            with out:
+                _stream_into(out, content, f"attachment {raw_name!r}", f"attachment file for {raw_name!r}")
             names.append(name)
         return names
 
@@ -202,8 +204,10 @@ class Workspace:
         return read_text_beneath(self.root, rel, max_bytes)
 
     def input_preview(self, size: int) -> tuple[str, str]:
-        """First and last bytes of the input, decoded leniently."""
+        """First and last bytes of the input, decoded leniently; all of it (as head) when inline."""
         with (self.root / "input" / "prompt.md").open("rb") as f:
+            if size <= INLINE_LIMIT:  # shown "in full": the middle must not be dropped
+                return f.read(INLINE_LIMIT).decode("utf-8", "replace"), ""
             head = f.read(PREVIEW_HEAD)
             tail = b""
             if size > PREVIEW_HEAD:

@@ -114,8 +114,10 @@ def container_options(
         "working_dir": WORKSPACE,
         "labels": run_labels(run_id, created),
         "hostname": "sandbox",
+        # stdin_open without detach makes docker-py set StdinOnce: half-closing the
+        # attach stream closes the agent's stdin (EOF), as a pipe would.
         "stdin_open": True,
-        "stdin_once": True,  # closing our stdin half closes the agent's stdin
+        "detach": False,
         "tty": False,
     }
     if name:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -35,12 +36,15 @@ class CallRecord(BaseModel):
 
 
 class AuditLog:
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, listener: Callable[[CallRecord], None] | None = None) -> None:
         self.workspace = workspace
         self.records: list[CallRecord] = []
+        self.listener = listener
 
     def add(self, record: CallRecord) -> None:
         self.records.append(record)
+        if self.listener is not None:
+            self.listener(record)
         try:
             append_beneath(self.workspace, AUDIT_LOG, (record.model_dump_json() + "\n").encode())
         except OSError as e:

@@ -72,10 +72,11 @@ class Broker:
         depth: int = 0,
         shared: SharedLedger | None = None,
         nested_runner: NestedRunner | None = None,
+        on_record: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = RunLedger(limits=settings.limits, depth=depth, shared=shared or SharedLedger())
-        self.audit = AuditLog(settings.workspace)
+        self.audit = AuditLog(settings.workspace, on_record)
         self.nested_runner = nested_runner
         self.fatal_errors: list[str] = []  # e.g. the upstream rejected our credentials
         self._runner: web.AppRunner | None = None
@@ -262,6 +263,8 @@ class Broker:
         status = "ok" if response.status == 200 and error is None else "error"
         self._root_record(model, status, started, usage.input_tokens, usage.output_tokens, cost,
                           error=error or (None if response.status == 200 else f"HTTP {response.status}"))
+        if error is not None and request.transport is not None:
+            request.transport.abort()  # show the client a cut stream, not a clean (false) end
         return out
 
     def _root_record(self, model: str, status: Any, started: float, input_tokens: int = 0,

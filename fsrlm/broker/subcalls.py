@@ -147,10 +147,20 @@ class SubcallService:
         path, payload = self.upstream.subcall_target(body)
         data = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "accept": "application/json"}
+
+        async def attempt() -> aiohttp.ClientResponse:
+            response = await self.upstream.request("POST", path, headers, data)
+            try:
+                await response.read()  # inside the retry loop: a body cut short is retried too
+            except BaseException:
+                response.release()
+                raise
+            return response
+
         async with self._slots:
             try:
                 response = await with_retries(
-                    lambda: self.upstream.request("POST", path, headers, data),
+                    attempt,
                     max_retries=self.max_retries,
                     base_wait=self.retry_base_wait,
                 )

@@ -7,22 +7,31 @@ import json
 
 import click
 
+from executors.configs import DockerExecutorConfig, LocalExecutorConfig, RemoteDockerExecutorConfig
 from executors.registry import create_executor
+from fsrlm.errors import ExecutorUnavailable
 
 
 @click.command()
 @click.option("--older-than", default=0.0, type=float, show_default=True,
               help="Only remove leftovers older than this many seconds.")
-@click.option("--host", help="A remote Docker host (ssh://… or tcp://…) to clean instead of the local engine.")
+@click.option("--host", help="Clean this remote Docker host (ssh://… or tcp://…) instead of this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def gc(older_than: float, host: str | None, as_json: bool) -> None:
-    """Remove sandbox containers and volumes left by crashed runs (found by label)."""
-    from executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
-
-    config = RemoteDockerExecutorConfig(host=host) if host else DockerExecutorConfig()
-    executor = create_executor(config)
-    removed = asyncio.run(executor.gc(older_than))
+    """Remove sandbox containers, volumes and agent processes left by crashed runs (found by label)."""
+    configs = [RemoteDockerExecutorConfig(host=host)] if host else [LocalExecutorConfig(), DockerExecutorConfig()]
+    removed: list[str] = []
+    notes: list[str] = []
+    for config in configs:
+        try:
+            removed += asyncio.run(create_executor(config).gc(older_than))
+        except ExecutorUnavailable as e:
+            if host:
+                raise
+            notes.append(f"skipped {config.type}: {e}")
     if as_json:
-        click.echo(json.dumps({"removed": removed}))
+        click.echo(json.dumps({"removed": removed, "notes": notes}))
     else:
         click.echo("\n".join(removed) if removed else "nothing to remove")
+        for note in notes:
+            click.echo(note, err=True)

@@ -43,10 +43,12 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from fsrlm.cli.gc import gc
     from fsrlm.cli.image import image
+    from fsrlm.cli.resume import resume
     from fsrlm.cli.run import run
 
     cli.add_command(run)
     cli.add_command(gc)
+    cli.add_command(resume)
     cli.add_command(image)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import click
 
 from executors.configs import EXECUTOR_TYPES
-from fsrlm.cli.exit_codes import exit_code_for_stop
+from fsrlm.cli.output import print_result
 from fsrlm.config import load_config
 from fsrlm.errors import InputError
 from fsrlm.rlm import RLM
@@ -55,18 +54,4 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
         prompt = path
     result = RLM(config).invoke(prompt, question=question, system=system)
 
-    if as_json:
-        click.echo(json.dumps(result.summary()))
-    else:
-        if result.answer:
-            click.echo(result.answer)
-        m = result.metrics
-        click.echo(
-            f"[{result.stop_reason}] {m.turns} turns, {m.subcalls} subcalls (+{m.subcalls_cached} cached, "
-            f"{m.subcalls_refused} refused), ${m.total_cost_usd:.4f}, {m.wall_seconds:.1f}s"
-            + (f", workspace {result.workspace_path}" if result.workspace_path else ""),
-            err=True,
-        )
-        for error in result.errors:
-            click.echo(f"error: {error}", err=True)
-    sys.exit(exit_code_for_stop(result.stop_reason))
+    print_result(result, as_json)

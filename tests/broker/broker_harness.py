@@ -113,7 +113,7 @@ async def start_broker(
 
     Keyword arguments: any ``RunLimits`` field, ``upstream`` (an ``UpstreamConfig``),
     ``max_retries``, ``request_timeout``, ``cache`` (False: no cache), ``depth``,
-    ``shared``, ``nested_runner``. Every broker started is stopped at teardown.
+    ``shared``, ``nested_runner``, ``workspace``, ``submodel``. Every broker started is stopped at teardown.
     """
     handles: list[BrokerHandle] = []
 
@@ -127,6 +127,7 @@ async def start_broker(
         shared: SharedLedger | None = None,
         nested_runner: Any = None,
         workspace: Path | None = None,
+        submodel: str = SUBMODEL,
         **limits: Any,
     ) -> BrokerHandle:
         n = len(handles)
@@ -136,7 +137,7 @@ async def start_broker(
             run_id=f"test-run-{n}",
             token=TOKEN,
             workspace=ws,
-            submodel=SUBMODEL,
+            submodel=submodel,
             limits=RunLimits(**{**LIMITS, **limits}),
             upstream=upstream or UpstreamConfig(
                 type="compatible", base_url=scripted.url, api_key=FAKE_UPSTREAM_KEY,

@@ -33,6 +33,7 @@ class FakeBroker:
     socket: Path
     token: str
     requests: list[dict] = field(default_factory=list)
+    answer: str = FAKE_ANSWER
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -74,7 +75,7 @@ def _make_app(broker: FakeBroker) -> web.Application:
         await send("content_block_start", {"type": "content_block_start", "index": 0,
                                            "content_block": {"type": "text", "text": ""}})
         await send("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                           "delta": {"type": "text_delta", "text": FAKE_ANSWER}})
+                                           "delta": {"type": "text_delta", "text": broker.answer}})
         await send("content_block_stop", {"type": "content_block_stop", "index": 0})
         await send("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
                                                                         "stop_sequence": None},

@@ -1,16 +1,458 @@
-import time, pytest
+"""The docker executor: hardening settings, the container from inside, streams, cleanup, safe reads.
+
+Tests marked ``docker`` run real containers of the real sandbox image (the
+``docker_image`` fixture builds it once); the others need no engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
 from executors.configs import DockerExecutorConfig
-from executors.docker.executor import DockerExecutor
+from executors.docker import cleanup, hardening
+from executors.docker.executor import DockerExecutor, check_agent_env, chown_tree
+from executors.safe_read import UnsafePath, read_text_in_workspace
+from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
+
+# --------------------------------------------------------------------------- no engine needed
+
+
+def _options(config: DockerExecutorConfig | None = None, **kw) -> hardening.ContainerOptions:
+    args = dict(image="img:1", command=["/usr/local/bin/claude", "-p"], environment={"A": "1"}, run_id="r1",
+                workspace=Path("/runs/r1"), broker_socket=Path("/priv/broker.sock"), created=1234.0)
+    args.update(kw)
+    return hardening.container_options(config or DockerExecutorConfig(), **args)
+
+
+def test_hardening_defaults() -> None:
+    opts = _options()
+    hc, create = opts.host_config, opts.create
+    assert hc["network_mode"] == "none"
+    assert hc["read_only"] is True
+    assert hc["cap_drop"] == ["ALL"]
+    assert "cap_add" not in hc and "privileged" not in hc
+    assert hc["security_opt"] == ["no-new-privileges"]
+    assert not any("seccomp" in o or "apparmor" in o for o in hc["security_opt"])  # the default profiles stay
+    assert hc["init"] is True
+    assert hc["pids_limit"] == 256
+    assert hc["mem_limit"] == hc["memswap_limit"] == "2g"
+    assert hc["nano_cpus"] == 1_000_000_000
+    assert "runtime" not in hc
+    assert set(hc["tmpfs"]) == {"/tmp", "/home/sandbox"}
+    for options in hc["tmpfs"].values():
+        assert "size=256m" in options and "nosuid" in options and "nodev" in options
+    mounts = {m["Target"]: m for m in hc["mounts"]}
+    assert set(mounts) == {"/workspace", "/run/fsrlm/broker.sock"}
+    assert mounts["/workspace"]["Type"] == "bind" and mounts["/workspace"]["ReadOnly"] is False
+    assert mounts["/workspace"]["Source"] == "/runs/r1"
+    assert mounts["/run/fsrlm/broker.sock"]["ReadOnly"] is True
+    assert [m for m in hc["mounts"] if not m["ReadOnly"]] == [mounts["/workspace"]]  # the only writable mount
+    assert create["user"] == "1000:1000"
+    assert create["working_dir"] == "/workspace"
+    assert create["stdin_open"] is True and create["tty"] is False and create["detach"] is False
+    assert create["labels"] == {LABEL_APP: "1", LABEL_RUN_ID: "r1", LABEL_CREATED: "1234"}
+    assert create["command"] == ["/usr/local/bin/claude", "-p"]
+    assert create["environment"] == {"A": "1"}
+
+
+def test_hardening_follows_config() -> None:
+    config = DockerExecutorConfig(memory="512m", cpus=0.5, pids_limit=64, tmpfs_size="32m", runtime="runsc")
+    opts = _options(config, user=(1234, 99), workspace=None, broker_socket=None, name="fsrlm-x")
+    hc = opts.host_config
+    assert hc["mem_limit"] == hc["memswap_limit"] == "512m"
+    assert hc["nano_cpus"] == 500_000_000
+    assert hc["pids_limit"] == 64
+    assert hc["runtime"] == "runsc"
+    assert "uid=1234,gid=99" in hc["tmpfs"]["/home/sandbox"] and "size=32m" in hc["tmpfs"]["/tmp"]
+    assert hc["mounts"] == []
+    assert opts.create["user"] == "1234:99" and opts.create["name"] == "fsrlm-x"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_API_KEY": "sk-ant-real"},
+        {"ANTHROPIC_API_KEY": "sk-ant-real"},
+        {"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_AUTH_TOKEN": "real"},
+        {"FSRLM_BROKER_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "x"},
+        {"FSRLM_BROKER_TOKEN": "t", "AWS_PROFILE": "prod"},
+        {"FSRLM_BROKER_TOKEN": "t", "CLAUDE_CODE_OAUTH_TOKEN": "x"},
+    ],
+)
+def test_refuses_credentials_in_agent_env(env: dict[str, str]) -> None:
+    with pytest.raises(SandboxError, match="Refusing"):
+        check_agent_env(env)
+
+
+def test_accepts_the_run_token_as_key() -> None:
+    check_agent_env({"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_API_KEY": "t", "FSRLM_SUBCALL_CONCURRENCY": "8"})
+
+
+async def test_check_says_how_to_fix_a_missing_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(ExecutorUnavailable) as info:
+        await DockerExecutor(DockerExecutorConfig()).check()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "systemctl start docker" in message and "scripts/ensure-docker.sh" in message
+
+
+def test_safe_read_refuses_links_and_special_files(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("host secret")
+    (ws / "output" / "answer.md").write_text("the answer")
+    assert read_text_in_workspace(ws, "output/answer.md", 1000) == "the answer"
+    assert read_text_in_workspace(ws, "output/answer.md", 3) == "the"  # capped
+    assert read_text_in_workspace(ws, "output/missing.md", 1000) is None
+
+    (ws / "output" / "passwd.md").symlink_to("/etc/passwd")
+    assert read_text_in_workspace(ws, "output/passwd.md", 1000) is None
+    (ws / "output" / "hard.md").hardlink_to(outside)
+    assert read_text_in_workspace(ws, "output/hard.md", 1000) is None
+    (ws / "linkdir").symlink_to(tmp_path)  # a symlinked folder on the way
+    assert read_text_in_workspace(ws, "linkdir/secret.txt", 1000) is None
+    os.mkfifo(ws / "output" / "fifo.md")
+    assert read_text_in_workspace(ws, "output/fifo.md", 1000) is None  # and does not block
+    assert read_text_in_workspace(ws, "output", 1000) is None
+    for bad in ("../secret.txt", "/etc/passwd", "output/../../secret.txt", ""):
+        with pytest.raises(UnsafePath):
+            read_text_in_workspace(ws, bad, 1000)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_chown_tree_never_leaves_the_tree(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "a" / "b").mkdir(parents=True)
+    (ws / "a" / "b" / "f.txt").write_text("x")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host file")
+    outside_dir = tmp_path / "outside_dir"
+    outside_dir.mkdir()
+    (ws / "a" / "link").symlink_to(outside)
+    (ws / "dirlink").symlink_to(outside_dir)
+    (ws / "hard.txt").hardlink_to(outside)
+    chown_tree(ws, 4321, 4321)
+    assert (ws / "a" / "b" / "f.txt").stat().st_uid == 4321
+    assert (ws / "a" / "b").stat().st_uid == 4321 and ws.stat().st_uid == 4321
+    assert os.lstat(ws / "a" / "link").st_uid == 4321  # the link itself
+    assert outside.stat().st_uid == 0 and outside_dir.stat().st_uid == 0  # never followed, hard link skipped
+
+
+# --------------------------------------------------------------------------- real containers
+
+PROBE = r"""
+import json, os, socket, urllib.request, urllib.error
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+def get(headers):
+    req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    "status": {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
+    "net": sorted(os.listdir("/sys/class/net")),
+    "writable": {p: writable(p) for p in ("/probe", "/etc/probe", "/usr/local/bin/probe", "/opt/fsrlm/probe",
+                                          "/workspace/output/probe.txt", "/tmp/probe", "/home/sandbox/probe")},
+    "env": dict(os.environ),
+    "health": get({"x-api-key": os.environ["FSRLM_BROKER_TOKEN"]}),
+    "health_without_token": get({}),
+    "cwd": os.getcwd(),
+}))
+"""
+
+
+async def _ready_executor(config: DockerExecutorConfig | None = None) -> DockerExecutor:
+    executor = DockerExecutor(config or DockerExecutorConfig())
+    await executor.check()
+    return executor
+
+
+def _leftovers(client, run_id: str) -> list[str]:
+    filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
+    names = [c.name for c in client.containers.list(all=True, filters=filters)]
+    return names + [v.name for v in client.volumes.list(filters=filters)]
+
 
 @pytest.mark.docker
-async def test_smoke(make_spec, agent_env, run_to_end, docker_image):
-    ex = DockerExecutor(DockerExecutorConfig())
-    t=time.monotonic(); await ex.check(); print("check", time.monotonic()-t)
-    t=time.monotonic()
-    sb = await ex.prepare(make_spec())
-    sb.cli_path = "/bin/sh"
-    p = await sb.start_agent(["-c", "id; cat; echo err >&2; python3 -c \"import urllib.request,os; r=urllib.request.Request('http://127.0.0.1:8080/fsrlm/v1/health', headers={'x-api-key': os.environ['FSRLM_BROKER_TOKEN']}); print(urllib.request.urlopen(r).read())\""], agent_env)
-    lines, res = await run_to_end(p, b"hello\n")
-    print("run", time.monotonic()-t)
-    print(lines, res)
-    await sb.close()
+async def test_container_is_locked_down_from_inside(
+    docker_image, make_spec, agent_env, run_to_end, fake_broker, docker_client, workspace, monkeypatch
+) -> None:
+    monkeypatch.setenv("FSRLM_TEST_HOST_ONLY", "must-not-leak")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-aws-secret")
+    executor = await _ready_executor()
+    spec = make_spec()
+    sandbox = await executor.prepare(spec)
+    try:
+        sandbox.cli_path = "/usr/bin/python3"
+        env = {**agent_env, "FSRLM_BROKER_URL": "http://evil.example:1", "HOME": "/etc"}  # plumbing must win
+        process = await sandbox.start_agent(["-c", PROBE], env)
+        lines, result = await run_to_end(process)
+        assert result.exit_code == 0, result.stderr_tail
+        assert (workspace / "output" / "probe.txt").stat().st_uid == 1000  # written by the container user
+    finally:
+        await sandbox.close()
+    facts = json.loads(lines[-1])
+
+    assert (facts["uid"], facts["gid"]) == (1000, 1000)
+    assert facts["groups"] in ([], [1000])
+    status = facts["status"]
+    for cap in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, (cap, status[cap])
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2"  # filter mode: Docker's default profile
+    assert facts["net"] == ["lo"]
+    assert facts["writable"] == {
+        "/probe": False, "/etc/probe": False, "/usr/local/bin/probe": False, "/opt/fsrlm/probe": False,
+        "/workspace/output/probe.txt": True, "/tmp/probe": True, "/home/sandbox/probe": True,
+    }
+    assert facts["cwd"] == "/workspace"
+    env = facts["env"]
+    assert "FSRLM_TEST_HOST_ONLY" not in env
+    assert not [k for k in env if k.startswith("AWS_")]
+    assert env["ANTHROPIC_API_KEY"] == fake_broker.token
+    assert env["FSRLM_BROKER_URL"] == env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8080"
+    assert env["HOME"] == "/home/sandbox" and env["CLAUDE_CONFIG_DIR"] == "/workspace/.agent"
+    assert env["PYTHONPATH"] == "/workspace/tools" and env["FSRLM_WORKSPACE"] == "/workspace"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert facts["health"] == [200, {"ok": True}]  # through the relay and the mounted socket
+    assert facts["health_without_token"][0] == 401
+    assert [r["path"] for r in fake_broker.requests] == ["/fsrlm/v1/health"] * 2
+
+    # after close: no container left, the workspace is the orchestrator's again
+    assert _leftovers(docker_client, spec.run_id) == []
+    assert (workspace / "output" / "probe.txt").stat().st_uid == os.getuid()
+    assert workspace.stat().st_uid == os.getuid()
+    assert fake_broker.socket.stat().st_uid == os.getuid()
+
+
+@pytest.mark.docker
+async def test_container_settings_and_stdin_round_trip(
+    docker_image, make_spec, agent_env, run_to_end, docker_client, workspace
+) -> None:
+    executor = await _ready_executor(DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100))
+    spec = make_spec()
+    async with await executor.prepare(spec) as sandbox:
+        sandbox.cli_path = "/bin/cat"
+        process = await sandbox.start_agent([], agent_env)
+        info = docker_client.api.inspect_container(process.container_id)
+        assert info["State"]["Running"]
+        hc, config = info["HostConfig"], info["Config"]
+        assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True
+        assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd") and hc["Privileged"] is False
+        assert hc["SecurityOpt"] == ["no-new-privileges"]
+        assert hc["Init"] is True and hc["PidsLimit"] == 100
+        assert hc["Memory"] == hc["MemorySwap"] == 768 * 1024 * 1024
+        assert hc["NanoCpus"] == 500_000_000
+        assert set(hc["Tmpfs"]) == {"/tmp", "/home/sandbox"}
+        writable = [m for m in info["Mounts"] if m["RW"]]
+        assert [(m["Destination"], Path(m["Source"])) for m in writable] == [("/workspace", workspace)]
+        assert {m["Destination"] for m in info["Mounts"]} == {"/workspace", "/run/fsrlm/broker.sock"}
+        assert config["User"] == "1000:1000" and config["WorkingDir"] == "/workspace"
+        assert config["OpenStdin"] and config["StdinOnce"] and not config["Tty"]
+        assert config["Labels"][LABEL_RUN_ID] == spec.run_id and config["Labels"][LABEL_APP] == "1"
+        assert not [e for e in config["Env"] if e.startswith(("AWS_", "FSRLM_TEST"))]
+
+        payload = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(2000))  # ~420 KB
+        lines, result = await run_to_end(process, payload)
+        assert result.exit_code == 0 and not result.killed
+        assert lines == payload.rstrip(b"\n").split(b"\n")
+    assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_cli_version_runs_in_the_sandbox(docker_image, make_spec, agent_env, run_to_end) -> None:
+    executor = await _ready_executor()
+    async with await executor.prepare(make_spec()) as sandbox:
+        assert sandbox.cli_path == "/usr/local/bin/claude" and sandbox.workspace_path == "/workspace"
+        lines, result = await run_to_end(await sandbox.start_agent(["--version"], agent_env))
+    assert result.exit_code == 0, result.stderr_tail
+    assert b"Claude Code" in lines[-1]
+
+
+@pytest.mark.docker
+async def test_cli_turn_reaches_the_broker_and_obeys_the_policy(
+    docker_image, make_spec, agent_env, run_to_end, fake_broker
+) -> None:
+    """The real CLI answers one turn through relay + socket; the baked-in policy removes the web tools."""
+    executor = await _ready_executor()
+    argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
+    async with await executor.prepare(make_spec()) as sandbox:
+        lines, result = await run_to_end(await sandbox.start_agent(argv, agent_env))
+    assert result.exit_code == 0, result.stderr_tail
+    assert json.loads(lines[-1])["result"] == fake_broker.answer
+    calls = [r for r in fake_broker.requests if r["path"] == "/v1/messages"]
+    assert calls and all(r["headers"].get("x-api-key") == fake_broker.token for r in calls)
+    sent = json.dumps([r["json"] for r in calls])
+    assert "WebFetch" not in sent and "WebSearch" not in sent
+    assert {"Bash", "Read", "Write"} <= {t["name"] for t in calls[0]["json"]["tools"]}
+
+
+@pytest.mark.docker
+async def test_policy_control_the_host_cli_offers_web_tools(fake_broker, tmp_path, unused_tcp_port) -> None:
+    """Control for the test above: without the managed policy the same CLI does mention the web tools."""
+    from executors.docker.image import cli_binary
+    from tools import relay
+
+    task = asyncio.ensure_future(relay.serve("127.0.0.1", unused_tcp_port, str(fake_broker.socket)))
+    try:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+               "CLAUDE_CONFIG_DIR": str(tmp_path / ".agent"), "ANTHROPIC_API_KEY": fake_broker.token,
+               "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{unused_tcp_port}",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        await asyncio.sleep(0.2)
+        proc = await asyncio.create_subprocess_exec(
+            str(cli_binary()), "-p", "say pong", "--model", "fake-model", "--max-turns", "1",
+            env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert proc.returncode == 0, err[-500:]
+    sent = json.dumps([r["json"] for r in fake_broker.requests if r["path"] == "/v1/messages"])
+    assert "WebFetch" in sent
+
+
+@pytest.mark.docker
+async def test_killed_from_outside_then_close_cleans_up(
+    docker_image, make_spec, agent_env, docker_client, workspace
+) -> None:
+    executor = await _ready_executor()
+    spec = make_spec()
+    sandbox = await executor.prepare(spec)
+    sandbox.cli_path = "/bin/sh"
+    process = await sandbox.start_agent(["-c", "echo started > /workspace/output/partial.md; exec sleep 300"], agent_env)
+    await asyncio.sleep(0.5)
+    docker_client.api.kill(process.container_id)  # someone else kills it
+    lines = [line async for line in process.stdout_lines()]
+    result = await asyncio.wait_for(process.wait(), 30)
+    assert lines == []
+    assert result.exit_code == 137 and result.killed is False
+    await sandbox.close()
+    await sandbox.close()  # idempotent
+    assert _leftovers(docker_client, spec.run_id) == []
+    assert (workspace / "output" / "partial.md").read_text() == "started\n"  # partial work is kept
+    assert (workspace / "output" / "partial.md").stat().st_uid == os.getuid()
+
+
+@pytest.mark.docker
+async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec, agent_env, docker_client) -> None:
+    executor = await _ready_executor()
+    spec = make_spec()
+    sandbox = await executor.prepare(spec)
+    sandbox.cli_path = "/bin/sleep"
+    process = await sandbox.start_agent(["300"], agent_env)
+    await asyncio.sleep(0.3)
+    docker_client.api.remove_container(process.container_id, force=True)
+    result = await asyncio.wait_for(process.wait(), 30)
+    assert result.exit_code is None and "removed" in result.stderr_tail
+    await sandbox.close()
+    assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_timeout_kills_the_container(docker_image, make_spec, agent_env, docker_client) -> None:
+    executor = await _ready_executor()
+    spec = make_spec(timeout_seconds=1.5)
+    async with await executor.prepare(spec) as sandbox:
+        sandbox.cli_path = "/bin/sleep"
+        started = time.monotonic()
+        process = await sandbox.start_agent(["300"], agent_env)
+        result = await asyncio.wait_for(process.wait(), 30)
+        assert time.monotonic() - started < 10
+        assert result.killed is True and process.timed_out is True and result.exit_code == 137
+    assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_kill_and_close_while_running(docker_image, make_spec, agent_env, docker_client) -> None:
+    executor = await _ready_executor()
+    spec = make_spec()
+    sandbox = await executor.prepare(spec)
+    sandbox.cli_path = "/bin/sh"
+    process = await sandbox.start_agent(["-c", "while :; do echo tick; sleep 0.05; done"], agent_env)
+    lines = process.stdout_lines()
+    assert await asyncio.wait_for(lines.__anext__(), 10) == b"tick"
+    await process.kill()
+    await process.kill()
+    result = await asyncio.wait_for(process.wait(), 30)
+    assert result.killed and result.exit_code == 137
+    await sandbox.close()  # also fine when a reader is still open
+    await lines.aclose()
+    assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_refuses_credentials_before_creating_anything(docker_image, make_spec, docker_client, fake_broker) -> None:
+    executor = await _ready_executor()
+    spec = make_spec()
+    async with await executor.prepare(spec) as sandbox:
+        with pytest.raises(SandboxError, match="Refusing"):
+            await sandbox.start_agent(["--version"], {"FSRLM_BROKER_TOKEN": fake_broker.token,
+                                                      "ANTHROPIC_API_KEY": "sk-ant-real-key"})
+        assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_missing_configured_image_is_an_image_error(docker_image) -> None:
+    with pytest.raises(ImageError, match="not on this Docker host"):
+        await DockerExecutor(DockerExecutorConfig(image="fsrlm-no-such-image:0")).check()
+
+
+@pytest.mark.docker
+async def test_gc_removes_old_leftovers_only(docker_image, docker_client) -> None:
+    now = time.time()
+    made = []
+    for age in (10**6, 0):
+        opts = hardening.container_options(DockerExecutorConfig(), image=docker_image, command=["true"],
+                                           environment={}, run_id=f"gc-test-{age}", created=now - age)
+        made.append(docker_client.api.create_container(
+            **opts.create, host_config=docker_client.api.create_host_config(**opts.host_config))["Id"])
+    volume = docker_client.volumes.create(labels=hardening.run_labels("gc-test-vol", now - 10**6))
+    try:
+        removed = await DockerExecutor(DockerExecutorConfig()).gc(older_than_seconds=10**5)
+        old = docker_client.api.inspect_container(made[1])  # the young one is still there
+        assert old["Config"]["Labels"][LABEL_RUN_ID] == "gc-test-0"
+        assert volume.name in removed
+        assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}=gc-test-1000000"})
+    finally:
+        cleanup.remove_run(docker_client, "gc-test-0")
+        cleanup.remove_run(docker_client, "gc-test-1000000")
+        cleanup.remove_run(docker_client, "gc-test-vol")
+
+
+@pytest.mark.docker
+async def test_safe_read_refuses_links_the_agent_planted(
+    docker_image, make_spec, agent_env, run_to_end, workspace
+) -> None:
+    executor = await _ready_executor()
+    script = ("ln -s /etc/passwd output/answer.md && echo fact > state/real.jsonl && "
+              "ln state/real.jsonl state/artifacts.jsonl && ln -s / output/root && echo ok > output/plain.md")
+    async with await executor.prepare(make_spec()) as sandbox:
+        sandbox.cli_path = "/bin/sh"
+        _, result = await run_to_end(await sandbox.start_agent(["-c", script], agent_env))
+        assert result.exit_code == 0, result.stderr_tail
+    assert stat.S_ISLNK(os.lstat(workspace / "output" / "answer.md").st_mode)
+    assert read_text_in_workspace(workspace, "output/answer.md", 1 << 20) is None
+    assert read_text_in_workspace(workspace, "state/artifacts.jsonl", 1 << 20) is None  # hard link
+    assert read_text_in_workspace(workspace, "output/root/etc/passwd", 1 << 20) is None
+    assert read_text_in_workspace(workspace, "output/plain.md", 1 << 20) == "ok\n"

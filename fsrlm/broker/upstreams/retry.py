@@ -1,6 +1,7 @@
 """Retries of transient upstream failures, with tenacity.
 
-Retried: 408, 429, 500, 502, 503, 504, 529, connection errors and timeouts.
+Retried: 408, 429, 500, 502, 503, 504, 529, connection errors (a body cut short
+included) and timeouts.
 ``retry-after`` (seconds) is honoured, capped; otherwise exponential backoff
 with jitter. Everything else (400, 401, 403, 404, 413…) is returned at once.
 """
@@ -77,7 +78,9 @@ async def with_retries(
         async for retry_state in AsyncRetrying(
             stop=stop_after_attempt(max_retries + 1),
             wait=_Wait(base_wait, max_wait),
-            retry=retry_if_exception_type((RetryableStatus, aiohttp.ClientConnectionError, asyncio.TimeoutError)),
+            retry=retry_if_exception_type(
+                (RetryableStatus, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+            ),
             before_sleep=before_sleep,
             reraise=True,
         ):

@@ -1,0 +1,127 @@
+"""The sandbox image: built once, reused while current, rebuilt when stale, and what is inside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from executors.docker import image as image_mod
+from executors.docker.image import (
+    DEFAULT_BASE_IMAGE,
+    LABEL_IMAGE_HASH,
+    LOCAL_BASE_IMAGE,
+    build_inputs,
+    ensure_image,
+    input_hash,
+    resolve_base_image,
+)
+from fsrlm.errors import ExecutorUnavailable, ImageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
+    inputs = build_inputs()
+    assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "relay.py", "claude"}
+    base = input_hash(inputs, DEFAULT_BASE_IMAGE)
+    assert base == input_hash(inputs, DEFAULT_BASE_IMAGE)
+    assert base != input_hash(inputs, "debian:bookworm")
+    changed = dict(inputs)
+    changed["relay.py"] = tmp_path / "relay.py"
+    changed["relay.py"].write_text(inputs["relay.py"].read_text() + "\n# changed\n")
+    assert input_hash(changed, DEFAULT_BASE_IMAGE) != base
+
+
+def test_build_without_daemon_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(ExecutorUnavailable, match="ensure-docker.sh"):
+        image_mod.build_image_cli()
+
+
+@pytest.mark.docker
+def test_ensure_image_is_idempotent_and_fast(docker_image: str, docker_client) -> None:
+    first = docker_client.images.get(docker_image)
+    started = time.monotonic()
+    assert ensure_image(docker_client) == docker_image
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"no-op ensure_image took {elapsed:.2f} s"
+    again = docker_client.images.get(docker_image)
+    assert again.id == first.id
+    assert again.labels[LABEL_IMAGE_HASH] == input_hash(build_inputs(), DEFAULT_BASE_IMAGE)
+    assert again.labels["fsrlm"] == "1"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_stale_image_is_rebuilt(docker_image: str, docker_client, monkeypatch, tmp_path: Path) -> None:
+    tag = f"fsrlm-sandbox-test:{uuid.uuid4().hex[:8]}"
+    try:
+        assert ensure_image(docker_client, tag) == tag
+        old = docker_client.images.get(tag)
+        real_inputs = build_inputs()
+        settings = tmp_path / "managed-settings.json"
+        data = json.loads(real_inputs["managed-settings.json"].read_text())
+        data["permissions"]["deny"].append("NotebookEdit")
+        settings.write_text(json.dumps(data))
+        monkeypatch.setattr(image_mod, "build_inputs", lambda: {**real_inputs, "managed-settings.json": settings})
+
+        assert ensure_image(docker_client, tag) == tag
+        new = docker_client.images.get(tag)
+        assert new.id != old.id
+        assert new.labels[LABEL_IMAGE_HASH] != old.labels[LABEL_IMAGE_HASH]
+        out = docker_client.containers.run(tag, ["cat", "/etc/claude-code/managed-settings.json"], entrypoint=[],
+                                           network_mode="none", remove=True, labels={"fsrlm": "1"})
+        assert "NotebookEdit" in out.decode()
+        with pytest.raises(Exception):  # the stale image was removed, not left dangling
+            docker_client.images.get(old.id)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        for leftover in docker_client.images.list(name="fsrlm-sandbox-test"):
+            docker_client.images.remove(leftover.id, force=True)
+
+
+@pytest.mark.docker
+def test_image_contents(docker_image: str, docker_client) -> None:
+    script = (
+        "id -u; id -g; cat /etc/claude-code/managed-settings.json; echo ---; sha256sum /opt/fsrlm/relay.py; "
+        "stat -c %s /usr/local/bin/claude; echo $CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC $HOME"
+    )
+    out = docker_client.containers.run(docker_image, ["sh", "-c", script], entrypoint=[], network_mode="none",
+                                       remove=True, labels={"fsrlm": "1"}).decode()
+    head, _, tail = out.partition("---\n")
+    uid, gid, settings = head.split("\n", 2)
+    assert (uid, gid) == ("1000", "1000")
+    assert json.loads(settings) == json.loads((ROOT / "images/sandbox/managed-settings.json").read_text())
+    assert {"WebFetch", "WebSearch"} <= set(json.loads(settings)["permissions"]["deny"])
+    relay_sum, cli_size, env_line = tail.strip().splitlines()
+    import hashlib
+
+    assert relay_sum.split()[0] == hashlib.sha256((ROOT / "tools/relay.py").read_bytes()).hexdigest()
+    assert int(cli_size) == build_inputs()["claude"].stat().st_size
+    assert env_line == "1 /home/sandbox"
+
+
+@pytest.mark.docker
+def test_entrypoint_fails_clearly_when_the_relay_cannot_start(docker_image: str, docker_client) -> None:
+    container = docker_client.containers.run(
+        docker_image, ["true"], environment={"FSRLM_RELAY_LISTEN": "127.0.0.1:notaport"}, network_mode="none",
+        read_only=True, tmpfs={"/tmp": "size=16m"}, detach=True, labels={"fsrlm": "1"})
+    try:
+        status = container.wait(timeout=30)
+        logs = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert status["StatusCode"] == 70
+    assert "relay did not become ready" in logs
+
+
+@pytest.mark.docker
+def test_base_image_resolution(docker_image: str, docker_client) -> None:
+    assert resolve_base_image(docker_client) in (DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE)
+    with pytest.raises(ImageError, match="docker load"):
+        resolve_base_image(docker_client, "fsrlm-no-such-base:1", pull_timeout=20)
