@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,10 +53,14 @@ class RLM:
         system: str | None = None,
         question: str | None = None,
         attachments: Mapping[str, InputLike] | None = None,
+        on_event: Callable[[RLMEvent], None] | None = None,
     ) -> RLMResult:
-        """Run the RLM over ``prompt`` (text, bytes, a path or a file) or ``messages``."""
+        """Run the RLM over ``prompt`` (text, bytes, a path or a file) or ``messages``.
+
+        ``on_event`` is called with every ``RLMEvent`` as it happens (see ``astream``).
+        """
         inp = RunInput(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
-        return await run_rlm(self.config, inp)
+        return await run_rlm(self.config, inp, on_event=on_event)
 
     def invoke(
         self,
@@ -66,10 +70,11 @@ class RLM:
         system: str | None = None,
         question: str | None = None,
         attachments: Mapping[str, InputLike] | None = None,
+        on_event: Callable[[RLMEvent], None] | None = None,
     ) -> RLMResult:
         """Synchronous ``ainvoke``; works inside a running event loop too."""
         return run_sync(self.ainvoke(prompt, messages=messages, system=system, question=question,
-                                     attachments=attachments))
+                                     attachments=attachments, on_event=on_event))
 
 
     async def astream(
@@ -93,12 +98,12 @@ class RLM:
         """Synchronous ``astream`` (the run happens on a worker thread)."""
         return _iterate_in_thread(self.astream(prompt, **kwargs))
 
-    async def aresume(self, workspace: str | Path) -> RLMResult:
+    async def aresume(self, workspace: str | Path, *, on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
         """Continue an interrupted run in its workspace (see ``fsrlm resume``)."""
-        return await resume_rlm(self.config, Path(workspace))
+        return await resume_rlm(self.config, Path(workspace), on_event=on_event)
 
-    def resume(self, workspace: str | Path) -> RLMResult:
-        return run_sync(self.aresume(workspace))
+    def resume(self, workspace: str | Path, *, on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
+        return run_sync(self.aresume(workspace, on_event=on_event))
 
 
 async def _events_of(start) -> AsyncIterator[RLMEvent]:

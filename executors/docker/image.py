@@ -216,22 +216,40 @@ def resolve_base_image(client, base_image: str | None = None, *, pull_timeout: f
     return build_local_base(LOCAL_BASE_IMAGE)
 
 
+# Where each input goes in the build context (see the Dockerfile), and its mode.
+_CONTEXT = {
+    "Dockerfile": ("Dockerfile", 0o644),
+    "claude": ("claude", 0o755),
+    "entrypoint.sh": ("rootfs/usr/local/bin/fsrlm-entrypoint", 0o755),
+    "relay.py": ("rootfs/opt/fsrlm/relay.py", 0o644),
+    "managed-settings.json": ("rootfs/etc/claude-code/managed-settings.json", 0o644),
+}
+
+
 def _write_context(inputs: dict[str, Path], fileobj) -> None:
-    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Write the build context as a tar: root-owned, fixed modes, no timestamps."""
+
+    def entry(name: str, *, directory: bool = False, size: int = 0, mode: int = 0o755) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+        info.mode, info.size, info.mtime = mode, size, 0
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
-        info.mtime = 0
         return info
 
     with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        directories = sorted({str(p) for name in inputs for p in Path(_CONTEXT[name][0]).parents if str(p) != "."})
+        for directory in directories:
+            tar.addfile(entry(directory, directory=True))
         for name, path in sorted(inputs.items()):
-            tar.add(str(path), arcname=name, recursive=False, filter=reset)
+            arcname, mode = _CONTEXT[name]
+            with open(path, "rb") as f:
+                tar.addfile(entry(arcname, size=os.fstat(f.fileno()).st_size, mode=mode), f)
     fileobj.seek(0)
 
 
 def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str, nocache: bool):
     errors = _docker_errors()
-    labels = {"fsrlm": "1", LABEL_IMAGE_HASH: digest, LABEL_BASE_IMAGE: base}
     log_tail: deque[str] = deque(maxlen=20)
     logger.info("building %s on %s", tag, base)
     start = time.monotonic()
@@ -242,8 +260,7 @@ def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str,
                 fileobj=context,
                 custom_context=True,
                 tag=tag,
-                buildargs={"BASE_IMAGE": base},
-                labels=labels,
+                buildargs={"BASE_IMAGE": base, "FSRLM_IMAGE_HASH": digest},
                 rm=True,
                 forcerm=True,
                 pull=False,
@@ -302,10 +319,14 @@ def ensure_image(
 
 
 def _remove_quietly(client, image_id: str) -> None:
+    """Remove the image a rebuild replaced, if nothing else names or uses it."""
     errors = _docker_errors()
     try:
-        client.images.remove(image_id)
-    except errors.DockerException as e:  # still used by a container, or already gone
+        image = client.images.get(image_id)
+        if image.tags:  # still tagged elsewhere (e.g. the same build under another tag): keep it
+            return
+        client.images.remove(image_id, noprune=False)
+    except errors.DockerException as e:  # used by a container, or already gone
         logger.debug("left the previous image %s in place: %s", image_id, e)
 
 

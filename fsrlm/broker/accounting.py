@@ -54,11 +54,14 @@ class UsageSniffer:
             self._feed_lines(chunk)
         elif self._eventstream:
             self._buffer = (self._buffer + chunk)[-_MAX_LINE:]
+            end = 0
             for match in _BEDROCK_FRAME.finditer(self._buffer):
                 self._event(self._decode_b64(match.group(1)))
-            # keep only an unterminated tail
-            last = self._buffer.rfind(b'"bytes":"')
-            self._buffer = self._buffer[last:] if last >= 0 and not self._buffer.endswith(b'"}') else b""
+                end = match.end()
+            # keep only an unterminated tail: a started frame, or what may be half a '"bytes":"' marker
+            tail = self._buffer[end:]
+            last = tail.rfind(b'"bytes":"')
+            self._buffer = tail[last:] if last >= 0 else tail[-8:]
         elif self._json_size < _MAX_LINE * 8:
             self._json_parts.append(chunk)
             self._json_size += len(chunk)

@@ -33,6 +33,10 @@ class CallRecord(BaseModel):
     latency_ms: float = 0.0
     limit: str | None = None
     error: str | None = None
+    # Subcalls only, for the viewer: the response-cache key (the answer is mirrored in
+    # cache/llm/<cache_key>.json) and the start of the prompt (last user message).
+    cache_key: str | None = None
+    prompt_preview: str | None = None
 
 
 class AuditLog:

@@ -32,6 +32,8 @@ from fsrlm.safe_fs import write_beneath
 
 logger = logging.getLogger(__name__)
 
+PROMPT_PREVIEW_CHARS = 500
+
 
 class SubcallRequest(BaseModel):
     """What ``tools/llm_client.py`` sends. Unknown fields are refused, not ignored."""
@@ -72,6 +74,18 @@ def response_text(message: dict[str, Any]) -> str:
     return "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
 
 
+def prompt_preview(messages: list[dict[str, Any]]) -> str | None:
+    """The first characters of the last user message, for the audit log and the viewer."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        return content[:PROMPT_PREVIEW_CHARS] if isinstance(content, str) else None
+    return None
+
+
 class SubcallService:
     def __init__(
         self,
@@ -106,24 +120,25 @@ class SubcallService:
         model = body["model"]
         started = time.perf_counter()
         key = cache_key(self.upstream.name, body)
+        record = {"cache_key": key, "prompt_preview": prompt_preview(req.messages)}
 
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.ledger.count_cache_hit()
-            self._record(script, model, "cached", started, hit.input_tokens, hit.output_tokens, 0.0)
+            self._record(script, model, "cached", started, hit.input_tokens, hit.output_tokens, 0.0, **record)
             self._mirror(key, hit.model_dump_json(indent=1).encode())
             return SubcallAnswer(cached=True, cost_usd=0.0, **hit.model_dump(exclude={"cost_usd"}))
 
         try:
             reservation = self.ledger.reserve_subcall(script)
         except LimitExceeded as e:
-            self._record(script, model, "refused", started, limit=e.limit, error=str(e))
+            self._record(script, model, "refused", started, limit=e.limit, error=str(e), **record)
             raise
 
         try:
             message = await self._upstream_call(body)
         except UpstreamError as e:
             self.ledger.release(reservation)
-            self._record(script, model, "error", started, error=str(e))
+            self._record(script, model, "error", started, error=str(e), **record)
             raise
 
         usage = usage_from_message(message)
@@ -140,7 +155,7 @@ class SubcallService:
         )
         if self.cache is not None:
             self._mirror(key, self.cache.put(key, entry))
-        self._record(script, model, "ok", started, usage.input_tokens, usage.output_tokens, cost)
+        self._record(script, model, "ok", started, usage.input_tokens, usage.output_tokens, cost, **record)
         return SubcallAnswer(cached=False, **entry.model_dump())
 
     async def _upstream_call(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -203,11 +218,14 @@ class SubcallService:
         *,
         limit: str | None = None,
         error: str | None = None,
+        cache_key: str | None = None,
+        prompt_preview: str | None = None,
     ) -> None:
         self.audit.add(
             CallRecord(
                 kind="subcall", script=script, model=model, status=status,
                 input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3), limit=limit, error=error,
+                cache_key=cache_key, prompt_preview=prompt_preview,
             )
         )

@@ -10,6 +10,7 @@ import click
 
 from executors.configs import EXECUTOR_TYPES
 from fsrlm.cli.output import print_result
+from fsrlm.cli.progress import make_progress
 from fsrlm.config import load_config
 from fsrlm.errors import InputError
 from fsrlm.rlm import RLM
@@ -29,8 +30,9 @@ from fsrlm.rlm import RLM
 @click.option("--timeout", "timeout_seconds", type=float, help="Wall-clock limit of the run in seconds.")
 @click.option("--preserve-workspace/--no-preserve-workspace", default=None, help="Keep the run folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def run(input_path: str, question: str | None, system: str | None, executor: str | None,
-        config_path: str | None, workspace: str | None, as_json: bool, **flags: Any) -> None:
+        config_path: str | None, workspace: str | None, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Run the RLM over INPUT (a file, or - for stdin) and print the answer.
 
     The file's bytes go to input/prompt.md unchanged. Exit codes: 0 answer,
@@ -52,6 +54,11 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
         if not path.is_file():
             raise InputError(f"input file {input_path} does not exist")
         prompt = path
-    result = RLM(config).invoke(prompt, question=question, system=system)
+    progress = make_progress(quiet=quiet, as_json=as_json)
+    if progress is None:
+        result = RLM(config).invoke(prompt, question=question, system=system)
+    else:
+        with progress:
+            result = RLM(config).invoke(prompt, question=question, system=system, on_event=progress)
 
     print_result(result, as_json)

@@ -47,7 +47,7 @@ mmdebstrap --quiet --mode="$mode" --variant=minbase \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["/bin/bash"]' \
-        --change 'LABEL fsrlm=1 fsrlm.base=1' \
+        --change 'LABEL fsrlm=1' \
         - "$TAG" >/dev/null
 log "built $TAG in $(( $(date +%s) - start )) s"
 echo "$TAG"

@@ -39,7 +39,7 @@ def _aws_credentials_and_region(config: UpstreamConfig):
     credentials = session.get_credentials()
     if credentials is None:
         raise CredentialsError(_BEDROCK_HELP)
-    region = config.aws_region or session.region_name or os.environ.get("AWS_DEFAULT_REGION")
+    region = config.aws_region or os.environ.get("AWS_REGION") or session.region_name
     if not region:
         raise CredentialsError("No AWS region set for Bedrock. Set AWS_REGION (e.g. us-east-1) or upstream.aws_region.")
     return credentials, region
