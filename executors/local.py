@@ -48,6 +48,35 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def processes_of_run(run_id: str) -> list[int]:
+    """Pids of every process that inherited this run's environment.
+
+    The CLI starts each Bash command in a new session, so neither the process
+    group nor the session finds the agent's scripts; the ``FSRLM_RUN_ID``
+    variable they all inherit does, even after they were orphaned.
+    """
+    marker = f"FSRLM_RUN_ID={run_id}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_run_processes(run_id: str) -> int:
+    """SIGKILL every process of the run; return how many were signalled."""
+    pids = processes_of_run(run_id)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,8 +88,9 @@ def _alive(pid: int) -> bool:
 
 
 class LocalProcess(AgentProcess):
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, run_id: str) -> None:
         self._proc = proc
+        self._run_id = run_id
         self._stderr_tail = b""
         self._killed = False
         self._stderr_task = asyncio.create_task(self._drain_stderr())
@@ -97,10 +127,11 @@ class LocalProcess(AgentProcess):
     async def kill(self) -> None:
         if self._proc.returncode is None:
             self._killed = True
-            # The CLI and every script it started share one process group.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             await self._proc.wait()
+        # Scripts the agent started live in sessions of their own: find them by the run id.
+        await asyncio.to_thread(kill_run_processes, self._run_id)
         self._stderr_task.cancel()
 
 
@@ -139,8 +170,8 @@ class LocalSandbox(Sandbox):
         self._record = _records_dir() / f"{self.spec.run_id}.json"
         with contextlib.suppress(OSError):
             self._record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._record.write_text(json.dumps({"pgid": proc.pid, "orchestrator": os.getpid(), "created": time.time()}))
-        self._process = LocalProcess(proc)
+            self._record.write_text(json.dumps({"orchestrator": os.getpid(), "created": time.time()}))
+        self._process = LocalProcess(proc, self.spec.run_id)
         return self._process
 
     async def collect(self) -> None:
@@ -184,8 +215,7 @@ class LocalExecutor(Executor):
                 continue
             if _alive(int(info["orchestrator"])) or time.time() - info.get("created", 0) < older_than_seconds:
                 continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(info["pgid"]), signal.SIGKILL)
+            killed = kill_run_processes(record.stem)
             record.unlink(missing_ok=True)
-            removed.append(f"local run {record.stem} (process group {info['pgid']})")
+            removed.append(f"local run {record.stem} ({killed} processes)")
         return removed
