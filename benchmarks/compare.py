@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rlm-results", type=Path,
                         help="results JSONL of benchmarks.oolong: print RLM vs. model alone side by side")
     parser.add_argument("--context-window-tokens", type=int, default=DEFAULT_CONTEXT_WINDOW_TOKENS,
-                        help=f"the root model's window; longer contexts are cut (default {DEFAULT_CONTEXT_WINDOW_TOKENS})")
+                        help="the root model's window in tokens; longer contexts are cut "
+                             f"(default {DEFAULT_CONTEXT_WINDOW_TOKENS})")
     parser.add_argument("--chars-per-token", type=float, default=DEFAULT_CHARS_PER_TOKEN,
                         help="characters per token when estimating sizes (default 4)")
     parser.add_argument("--max-output-tokens", type=int,

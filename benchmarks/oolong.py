@@ -48,14 +48,19 @@ from fsrlm.results import RLMResult
 from fsrlm.rlm import RLM
 
 __all__ = [
+    "HARNESS_GRACE_SECONDS",
     "ResultsFile",
     "add_row_arguments",
+    "check_arguments",
     "failed_result",
     "load_selected_rows",
     "main",
     "now_iso",
+    "preflight",
     "result_from_rlm",
     "row_fields",
+    "row_key",
+    "rows_to_run",
     "run_rows",
     "score_answer",
     "score_row",
@@ -96,6 +101,7 @@ class ResultsFile:
 
 
 def row_key(row: OolongRow) -> tuple[str, str]:
+    """What identifies a row in a results file (``RowResult.key``): its dataset and id."""
     return (row.dataset, str(row.id))
 
 
@@ -230,6 +236,7 @@ def load_selected_rows(args: argparse.Namespace) -> list[OolongRow]:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse option values argparse lets through."""
     if args.concurrency < 1:
         raise InputError("--concurrency must be at least 1")
     if args.limit is not None and args.limit < 0:

@@ -10,8 +10,10 @@ link, and refuses hard links to regular files when reading.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -62,10 +64,11 @@ def read_text_beneath(root: Path, rel: str, max_bytes: int) -> str | None:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
             return None
         raise WorkspaceError(f"cannot read {rel} in {root}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # checked before fdopen, which rejects directories
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-            return None
         data = f.read(max_bytes + 1)
     text = data[:max_bytes].decode("utf-8", errors="replace")
     if len(data) > max_bytes:
@@ -75,7 +78,8 @@ def read_text_beneath(root: Path, rel: str, max_bytes: int) -> str | None:
 
 def append_beneath(root: Path, rel: str, data: bytes) -> None:
     """Append ``data`` to ``root/rel`` (created if missing) without following links."""
-    fd = open_beneath(root, rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT, make_dirs=True)
+    # O_NONBLOCK: a FIFO planted by the agent fails (ENXIO) instead of blocking the broker forever.
+    fd = open_beneath(root, rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, make_dirs=True)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
@@ -89,15 +93,24 @@ def write_beneath(root: Path, rel: str, data: bytes) -> None:
     """Write ``root/rel`` atomically (temp file + rename), never through a link."""
     parts = _parts(rel)
     parent = "/".join(parts[:-1])
-    tmp_name = f".{parts[-1]}.{os.getpid()}.tmp"
+    # A random part: a name the agent planted (it can guess the pid) cannot block every write.
+    tmp_name = f".{parts[-1]}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     tmp_rel = f"{parent}/{tmp_name}" if parent else tmp_name
     fd = open_beneath(root, tmp_rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, make_dirs=True)
     try:
-        os.write(fd, data)
-    finally:
+        dir_fd = open_beneath(root, parent, _DIR_FLAGS) if parent else os.open(root, _DIR_FLAGS)
+    except BaseException:
         os.close(fd)
-    dir_fd = open_beneath(root, parent, _DIR_FLAGS) if parent else os.open(root, _DIR_FLAGS)
+        raise
     try:
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never leave a half-written temp file behind
+            os.unlink(tmp_name, dir_fd=dir_fd)
+        raise
     finally:
         os.close(dir_fd)

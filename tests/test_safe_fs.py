@@ -88,7 +88,7 @@ def test_open_beneath_make_dirs(root: Path) -> None:
     assert (root / "a" / "b" / "c.txt").is_file()
 
 
-def test_open_beneath_root_itself_may_be_a_resolved_path(tmp_path: Path, root: Path) -> None:
+def test_open_beneath_root_itself_may_be_a_resolved_path(root: Path) -> None:
     (root / "state" / "f").write_text("x")
     fd = open_beneath(root.resolve(), "state/f", os.O_RDONLY)
     os.close(fd)
@@ -266,8 +266,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(root: Path) -> None:
 
 def test_planted_temp_name_does_not_block_or_redirect_writes(root: Path, outside: Path) -> None:
     # the agent can guess the broker's pid and plant a link where the temp file would go
-    for name in (f".entry.json.{os.getpid()}.tmp",):
-        (root / "output" / name).symlink_to(outside / "secret.txt")
+    (root / "output" / f".entry.json.{os.getpid()}.tmp").symlink_to(outside / "secret.txt")
     write_beneath(root, "output/entry.json", b"new")
     assert (root / "output" / "entry.json").read_bytes() == b"new"
     assert (outside / "secret.txt").read_text() == "host secret"

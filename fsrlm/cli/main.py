@@ -45,11 +45,13 @@ def _register() -> None:
     from fsrlm.cli.image import image
     from fsrlm.cli.resume import resume
     from fsrlm.cli.run import run
+    from fsrlm.cli.view import view
 
     cli.add_command(run)
     cli.add_command(gc)
     cli.add_command(resume)
     cli.add_command(image)
+    cli.add_command(view)
 
 
 _register()

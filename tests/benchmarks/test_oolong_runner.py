@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY
 
 from benchmarks import oolong
 from benchmarks.oolong import ResultsFile, failed_result, run_rows

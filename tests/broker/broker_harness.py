@@ -22,7 +22,7 @@ from fsrlm.broker.limits import RunLimits, SharedLedger
 from fsrlm.broker.server import Broker, BrokerSettings
 from fsrlm.config import UpstreamConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
-from conftest import FAKE_UPSTREAM_KEY  # the root tests/conftest.py
+from support import FAKE_UPSTREAM_KEY  # the root tests/conftest.py
 
 TOKEN = "fsrlm-run-token-0123456789abcdef"
 SUBMODEL = "claude-haiku-4-5-scripted"

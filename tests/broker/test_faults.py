@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from broker_harness import SCRIPT, ask, start_broker  # noqa: F401  (fixture)
-from conftest import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY
 from fsrlm.config import UpstreamConfig
 from fsrlm.testing.scripted_model import Fault
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from broker_harness import SCRIPT, SUBMODEL, TOKEN, BrokerHandle, ask, start_broker  # noqa: F401  (fixture)
-from conftest import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY
 from fsrlm.broker.cache import cache_key
 from fsrlm.broker.subcalls import parse_request
 from fsrlm.testing.scripted_model import FinalStep, Plan, ScriptedModelServer

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import FAKE_UPSTREAM_KEY, log_lines
+from support import FAKE_UPSTREAM_KEY, log_lines
 
 from fsrlm import RLM
 from fsrlm.events import read_events

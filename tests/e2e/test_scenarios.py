@@ -6,7 +6,7 @@ import json
 import textwrap
 
 import pytest
-from conftest import FAKE_UPSTREAM_KEY, log_lines
+from support import FAKE_UPSTREAM_KEY, log_lines
 
 from fsrlm import RLM
 from fsrlm.testing.plans import count_label_plan, script_plan

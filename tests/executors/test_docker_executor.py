@@ -456,3 +456,21 @@ async def test_safe_read_refuses_links_the_agent_planted(
     assert read_text_in_workspace(workspace, "state/artifacts.jsonl", 1 << 20) is None  # hard link
     assert read_text_in_workspace(workspace, "output/root/etc/passwd", 1 << 20) is None
     assert read_text_in_workspace(workspace, "output/plain.md", 1 << 20) == "ok\n"
+
+
+@pytest.mark.docker
+async def test_cli_runs_as_a_uid_without_passwd_entry(
+    docker_image, make_spec, agent_env, run_to_end, fake_broker, workspace, monkeypatch
+) -> None:
+    """A non-root orchestrator runs the container as its own uid, which the image does not know."""
+    import executors.docker.executor as executor_mod
+
+    monkeypatch.setattr(executor_mod, "sandbox_user", lambda: (4242, 4242))
+    executor = await _ready_executor()
+    argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
+    async with await executor.prepare(make_spec()) as sandbox:
+        assert (workspace / "input" / "prompt.md").stat().st_uid == 4242
+        lines, result = await run_to_end(await sandbox.start_agent(argv, agent_env))
+    assert result.exit_code == 0, result.stderr_tail
+    assert json.loads(lines[-1])["result"] == fake_broker.answer
+    assert (workspace / "input" / "prompt.md").stat().st_uid == os.getuid()

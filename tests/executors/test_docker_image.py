@@ -27,6 +27,19 @@ from fsrlm.errors import ExecutorUnavailable, ImageError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str]:
+    """Run a throwaway container, attached before it starts (so no output is lost); return (code, output)."""
+    kwargs.setdefault("network_mode", "none")
+    container = client.containers.create(image, command, labels={"fsrlm": "1"}, **kwargs)
+    try:
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        container.start()
+        output = b"".join(stream).decode()
+        return container.wait(timeout=60)["StatusCode"], output
+    finally:
+        container.remove(force=True)
+
+
 def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     inputs = build_inputs()
     assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "relay.py", "claude"}
@@ -76,9 +89,8 @@ def test_stale_image_is_rebuilt(docker_image: str, docker_client, monkeypatch, t
         new = docker_client.images.get(tag)
         assert new.id != old.id
         assert new.labels[LABEL_IMAGE_HASH] != old.labels[LABEL_IMAGE_HASH]
-        out = docker_client.containers.run(tag, ["cat", "/etc/claude-code/managed-settings.json"], entrypoint=[],
-                                           network_mode="none", remove=True, labels={"fsrlm": "1"})
-        assert "NotebookEdit" in out.decode()
+        code, out = _run(docker_client, tag, ["cat", "/etc/claude-code/managed-settings.json"], entrypoint=[])
+        assert code == 0 and "NotebookEdit" in out
         try:  # the stale image is removed, unless another tag (the default image) still names it
             assert docker_client.images.get(old.id).tags
         except docker.errors.ImageNotFound:
@@ -95,8 +107,8 @@ def test_image_contents(docker_image: str, docker_client) -> None:
         "id -u; id -g; cat /etc/claude-code/managed-settings.json; echo ---; sha256sum /opt/fsrlm/relay.py; "
         "stat -c %s /usr/local/bin/claude; echo $CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC $HOME"
     )
-    out = docker_client.containers.run(docker_image, ["sh", "-c", script], entrypoint=[], network_mode="none",
-                                       remove=True, labels={"fsrlm": "1"}).decode()
+    code, out = _run(docker_client, docker_image, ["sh", "-c", script], entrypoint=[])
+    assert code == 0, out
     head, _, tail = out.partition("---\n")
     uid, gid, settings = head.split("\n", 2)
     assert (uid, gid) == ("1000", "1000")
@@ -112,16 +124,10 @@ def test_image_contents(docker_image: str, docker_client) -> None:
 
 @pytest.mark.docker
 def test_entrypoint_fails_clearly_when_the_relay_cannot_start(docker_image: str, docker_client) -> None:
-    container = docker_client.containers.run(
-        docker_image, ["true"], environment={"FSRLM_RELAY_LISTEN": "127.0.0.1:notaport"}, network_mode="none",
-        read_only=True, tmpfs={"/tmp": "size=16m"}, detach=True, labels={"fsrlm": "1"})
-    try:
-        status = container.wait(timeout=30)
-        logs = container.logs().decode()
-    finally:
-        container.remove(force=True)
-    assert status["StatusCode"] == 70
-    assert "relay did not become ready" in logs
+    code, out = _run(docker_client, docker_image, ["true"], environment={"FSRLM_RELAY_LISTEN": "127.0.0.1:notaport"},
+                     read_only=True, tmpfs={"/tmp": "size=16m"})
+    assert code == 70
+    assert "relay did not become ready" in out
 
 
 @pytest.mark.docker

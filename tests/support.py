@@ -1,0 +1,16 @@
+"""Helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+# A key the broker holds in tests: it must reach the scripted upstream and never the sandbox.
+FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
+
+
+def log_lines(n: int = 600, label: str = "ERROR", every: int = 13) -> tuple[str, int]:
+    """A log of ``n`` lines where every ``every``-th line has ``label``; returns (text, count)."""
+    lines = [
+        f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d} host-{i % 7} {label if i % every == 0 else 'INFO'} "
+        f"request {i} finished with payload {'x' * 48}"
+        for i in range(n)
+    ]
+    return "\n".join(lines) + "\n", sum(1 for i in range(n) if i % every == 0)
