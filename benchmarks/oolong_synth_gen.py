@@ -244,7 +244,7 @@ def _build_items(spec: DatasetSpec, n_lines: int, rng: random.Random) -> list[_I
     n_users = max(3, n_lines // 6)
     users = rng.sample(range(10000, 100000), n_users)
     user_weights = [1.0 / (rank + 1) for rank in range(n_users)]
-    n_dates = max(4, n_lines // 4)
+    n_dates = min(_DAYS_SPAN, max(4, n_lines // 4))  # long contexts reuse dates
     dates = sorted(
         _FIRST_DAY + dt.timedelta(days=offset) for offset in rng.sample(range(_DAYS_SPAN), n_dates)
     )

@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import json
 import re
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -247,8 +249,9 @@ def _answer_whole_context(text: str) -> str | None:
     items = parse_items(text)
     if not items:
         return None
-    last_item_line = max(i for i, line in enumerate(text.splitlines()) if parse_items(line))
-    question = "\n".join(text.splitlines()[last_item_line + 1:])
+    lines = text.splitlines()
+    last_item_line = max(i for i, line in enumerate(lines) if parse_items(line))
+    question = "\n".join(lines[last_item_line + 1:])
     names = label_names(text)
     labels = [_label(instance, names) for _, _, instance in items]
     return answer_question(question, items, labels, names)
@@ -272,8 +275,6 @@ def oolong_responder(body: dict) -> str | dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the OOLONG benchmark offline on generated rows against the SCRIPTED model."""
-    import json
-
     from benchmarks import oolong
     from fsrlm.testing.scripted_model import ScriptedModelServer
 
@@ -285,13 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--executor", default="local", choices=["local", "docker", "remote-docker"])
     args = parser.parse_args(argv)
 
+    try:
+        rows = generate_rows(args.rows, args.context_len, args.seed)
+    except ValueError as exc:
+        print(f"scripted_oolong: cannot generate rows: {exc}", file=sys.stderr)
+        return 2
     print("OOLONG demo — the model is SCRIPTED (no key, no network); the CLI, broker, sandbox,\n"
           "cache, scorer and report are real. Scores say the pipeline works, not how good a model is.\n")
     with tempfile.TemporaryDirectory(prefix="fsrlm-oolong-demo-") as tmp, \
             ScriptedModelServer(oolong_plan(), oolong_responder) as model:
         folder = Path(tmp)
         data = folder / "rows.jsonl"
-        rows = generate_rows(args.rows, args.context_len, args.seed)
         data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         config = folder / "fsrlm.toml"
         config.write_text(

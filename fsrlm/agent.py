@@ -60,8 +60,10 @@ def agent_env(*, token: str, run_id: str, depth: int, concurrency: int, bedrock:
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     if bedrock:
-        # The CLI sends unsigned Bedrock requests to the broker, which signs them.
-        env |= {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1"}
+        # The CLI sends unsigned Bedrock requests to the broker, which signs them. In
+        # Bedrock mode it does not send ANTHROPIC_API_KEY, so the token goes in a header.
+        env |= {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+                "ANTHROPIC_CUSTOM_HEADERS": f"x-api-key: {token}"}
     return env
 
 

@@ -99,6 +99,7 @@ def container_options(
         "memswap_limit": config.memory,
         "nano_cpus": int(round(config.cpus * 1e9)),
         "ipc_mode": "private",
+        "shm_size": "64m",  # /dev/shm: Docker's default cap, stated
         "mounts": mounts,
         # The attach stream carries the output; keep the daemon's copy small.
         "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},

@@ -25,6 +25,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import docker.errors
@@ -72,7 +73,8 @@ class DockerAgentProcess(AgentProcess):
         self._stdin_closed = False
         self._write_lock = asyncio.Lock()
         self._killed = False
-        self.timed_out = False
+        self.timed_out = False  # True when the spec's timeout_seconds ran out and we killed it
+        self._timeout_kill: asyncio.Task[None] | None = None
         self._result: ExecResult | None = None
         self._wait_lock = asyncio.Lock()
         self._closed = False
@@ -174,7 +176,13 @@ class DockerAgentProcess(AgentProcess):
         if self._result is None:
             logger.warning("container %s reached its timeout; killing it", self.container_id[:12])
             self.timed_out = True
-            self._loop.create_task(self.kill())
+            self._timeout_kill = self._loop.create_task(self._kill_logged())
+
+    async def _kill_logged(self) -> None:
+        try:
+            await self.kill()
+        except SandboxError as e:
+            logger.error("%s", e)
 
     async def kill(self) -> None:
         """SIGKILL the container (its init, so every process in it); safe to call more than once."""
@@ -196,7 +204,7 @@ class DockerAgentProcess(AgentProcess):
             if self._result is not None:
                 return self._result
             self._stop_backpressure()
-            await asyncio.shield(self._pump_task)  # the stream ends when the container exits
+            await asyncio.wait({self._pump_task})  # the stream ends when the container exits
             state = await asyncio.to_thread(self._exit_state)
             if self._deadline is not None:
                 self._deadline.cancel()
@@ -209,14 +217,21 @@ class DockerAgentProcess(AgentProcess):
 
     def _exit_state(self) -> tuple[int | None, bool, str]:
         """Blocking: wait until the container is not running, then read its state."""
+        failures = 0
         while True:
             try:
                 self._api.wait(self.container_id, timeout=30)
                 info = self._api.inspect_container(self.container_id)
             except docker.errors.NotFound:
                 return None, False, "fsrlm: the container was removed before its exit status was read"
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            except requests.exceptions.ReadTimeout:
                 continue  # still running although the stream ended: keep waiting (the timeout kills it)
+            except requests.exceptions.ConnectionError as e:
+                failures += 1
+                if failures >= 10:
+                    raise SandboxError(f"Lost the Docker daemon while waiting for the agent container: {e}") from e
+                time.sleep(1.0)
+                continue
             except docker.errors.DockerException as e:
                 raise SandboxError(f"Cannot read the exit status of container {self.container_id[:12]}: {e}") from e
             state = info.get("State") or {}

@@ -171,6 +171,8 @@ class Broker:
             self._fatal(f"The model API rejected the broker's credentials: {e}")
             return error_response(502, "upstream_error", str(e))
         except UpstreamError as e:
+            if e.status == 504:
+                return error_response(504, "upstream_timeout", str(e))
             return error_response(502, "upstream_error", str(e))
 
     def _authorised(self, request: web.Request) -> bool:
@@ -223,10 +225,14 @@ class Broker:
 
     async def _root_call(self, request: web.Request) -> web.StreamResponse:
         """Pass the CLI's model call through unchanged, counting its cost."""
-        self.ledger.check_budget()
         data = await request.read()
         model = request.match_info.get("model_id") or _model_of(data) or "unknown"
         started = time.perf_counter()
+        try:
+            self.ledger.check_budget()
+        except LimitExceeded as e:
+            self._root_record(model, "refused", started, error=str(e), limit=e.limit)
+            raise
         upstream = self._upstream
         try:
             response = await with_retries(
@@ -268,10 +274,11 @@ class Broker:
         return out
 
     def _root_record(self, model: str, status: Any, started: float, input_tokens: int = 0,
-                     output_tokens: int = 0, cost: float = 0.0, *, error: str | None = None) -> None:
+                     output_tokens: int = 0, cost: float = 0.0, *, error: str | None = None,
+                     limit: str | None = None) -> None:
         self.audit.add(CallRecord(
             kind="root", script=ROOT_SCRIPT, model=model, status=status, input_tokens=input_tokens,
-            output_tokens=output_tokens, cost_usd=cost, error=error,
+            output_tokens=output_tokens, cost_usd=cost, error=error, limit=limit,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         ))
 

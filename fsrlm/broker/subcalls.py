@@ -119,7 +119,7 @@ class SubcallService:
         body = self.build_body(req)
         model = body["model"]
         started = time.perf_counter()
-        key = cache_key(self.upstream.name, body)
+        key = cache_key(f"{self.upstream.name} {self.upstream.base_url}", body)
         record = {"cache_key": key, "prompt_preview": prompt_preview(req.messages)}
 
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
@@ -179,7 +179,9 @@ class SubcallService:
                     max_retries=self.max_retries,
                     base_wait=self.retry_base_wait,
                 )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except asyncio.TimeoutError:
+                raise UpstreamError("model API timed out after retries", status=504) from None
+            except aiohttp.ClientError as e:
                 raise UpstreamError(f"model API unreachable after retries: {e!r}") from None
             try:
                 raw = await response.read()

@@ -64,6 +64,7 @@ class RunSnapshot(BaseModel):
     """The whole of ``GET /api/run``."""
 
     run_id: str
+    workspace_path: str  # the run folder on this machine (paths under it are shown relative)
     status: RunStatus
     success: bool | None = None
     job: dict[str, Any] = Field(default_factory=dict)
@@ -221,6 +222,7 @@ def snapshot(root: Path) -> RunSnapshot:
     run_id = job.get("run_id")
     return RunSnapshot(
         run_id=run_id if isinstance(run_id, str) else root.name,
+        workspace_path=str(root),
         status=status,
         success=bool(result.get("success")) if result else None,
         job=job,

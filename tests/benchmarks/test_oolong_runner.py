@@ -244,6 +244,9 @@ def test_report_figures():
     figures = data["paper_reference"]["figures"]
     assert [f["system"] for f in figures] == [f.system for f in PAPER_REFERENCE]
     assert figures[0]["ours_same_slice"] == pytest.approx(0.5)  # only the 131072 trec_coarse rows
+    assert figures[1]["ours_same_slice"] is None  # "GPT-5 alone" is matched by root-only rows only
+    alone = [r.model_copy(update={"method": "root-only", "score": 0.25}) for r in results]
+    assert report_json(results, plain=alone)["paper_reference"]["figures"][1]["ours_same_slice"] == 0.25
 
 
 def test_report_prints_plain_text_off_a_terminal_and_rich_on_one():

@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 
-from broker_harness import TOKEN, start_broker  # noqa: F401  (fixture)
+from broker_harness import TOKEN
 from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.broker.upstreams.bedrock import BEDROCK_ANTHROPIC_VERSION
@@ -323,13 +323,13 @@ def cli_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not CLI.exists(), reason="the claude-agent-sdk wheel has no bundled CLI")
 @pytest.mark.parametrize(
-    ("variant", "header"),
-    [({"ANTHROPIC_CUSTOM_HEADERS": f"x-api-key: {TOKEN}"}, "x-api-key"),
-     ({"AWS_BEARER_TOKEN_BEDROCK": TOKEN}, "authorization")],
+    "variant",
+    [{"ANTHROPIC_CUSTOM_HEADERS": f"x-api-key: {TOKEN}"},  # sent as x-api-key on the model calls
+     {"AWS_BEARER_TOKEN_BEDROCK": TOKEN}],  # sent as Authorization: Bearer on the model calls
     ids=["custom-headers", "bedrock-bearer-token"],
 )
 async def test_real_cli_in_bedrock_mode_through_the_broker(aws_env, fake_bedrock, start_broker, tmp_path,
-                                                           variant, header) -> None:
+                                                           variant) -> None:
     b = await start_broker(upstream=bedrock(fake_bedrock), submodel=SUBMODEL)
     port = await b.endpoint.open_tcp()
     code, out, err = await run_cli(cli_env(tmp_path, port, **variant), tmp_path)
@@ -345,7 +345,6 @@ async def test_real_cli_in_bedrock_mode_through_the_broker(aws_env, fake_bedrock
     assert roots and all(r.status == "ok" and r.model == ROOT_MODEL for r in roots)
     assert roots[0].input_tokens == 21 and roots[0].output_tokens == 7
     assert b.broker.fatal_errors == []
-    del header
 
 
 @pytest.mark.slow

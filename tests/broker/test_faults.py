@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker_harness import SCRIPT, ask, start_broker  # noqa: F401  (fixture)
+from broker_harness import SCRIPT
 from support import FAKE_UPSTREAM_KEY
 from fsrlm.config import UpstreamConfig
 from fsrlm.testing.scripted_model import Fault

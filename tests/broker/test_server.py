@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from broker_harness import SCRIPT, SUBMODEL, TOKEN, BrokerHandle, ask, start_broker  # noqa: F401  (fixture)
+from broker_harness import SCRIPT, SUBMODEL, TOKEN, ask
 from support import FAKE_UPSTREAM_KEY
 from fsrlm.broker.cache import cache_key
 from fsrlm.broker.subcalls import parse_request
@@ -576,3 +575,23 @@ async def test_cache_mirror_replaces_a_planted_file_symlink_instead_of_following
     b = await start_broker(workspace=workspace)
     assert (await b.subcall("ECHO: hi")).status == 200
     assert outside.read_text() == "precious"
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 4096])
+def test_sse_usage_is_read_whatever_the_network_pieces(size: int) -> None:
+    from fsrlm.broker.accounting import UsageSniffer
+
+    events = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 321, "output_tokens": 1,
+                                                        "cache_read_input_tokens": 40}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 2000}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 99}},
+        {"type": "message_stop"},
+    ]
+    raw = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+    sniffer = UsageSniffer("text/event-stream; charset=utf-8")
+    for at in range(0, len(raw), size):
+        sniffer.feed(raw[at:at + size])
+    usage = sniffer.finish()
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens, usage.stop_reason) == (
+        321, 99, 40, "end_turn")

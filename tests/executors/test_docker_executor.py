@@ -307,7 +307,6 @@ async def test_cli_turn_reaches_the_broker_and_obeys_the_policy(
     assert {"Bash", "Read", "Write"} <= {t["name"] for t in calls[0]["json"]["tools"]}
 
 
-@pytest.mark.docker
 async def test_policy_control_the_host_cli_offers_web_tools(fake_broker, tmp_path, unused_tcp_port) -> None:
     """Control for the test above: without the managed policy the same CLI does mention the web tools."""
     from executors.docker.image import cli_binary
@@ -399,6 +398,16 @@ async def test_kill_and_close_while_running(docker_image, make_spec, agent_env, 
     await sandbox.close()  # also fine when a reader is still open
     await lines.aclose()
     assert _leftovers(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_memory_limit_is_enforced(docker_image, make_spec, agent_env, run_to_end, docker_client) -> None:
+    executor = await _ready_executor(DockerExecutorConfig(memory="64m"))
+    async with await executor.prepare(make_spec()) as sandbox:
+        sandbox.cli_path = "/usr/bin/python3"
+        script = "b = []\nwhile True: b.append(bytearray(16 * 1024 * 1024))"
+        _, result = await run_to_end(await sandbox.start_agent(["-c", script], agent_env))
+    assert result.oom_killed is True and result.exit_code == 137 and result.killed is False
 
 
 @pytest.mark.docker

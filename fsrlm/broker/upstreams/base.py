@@ -12,6 +12,7 @@ import abc
 from typing import Any, ClassVar
 
 import aiohttp
+from yarl import URL
 
 # Headers from the agent that must never reach the upstream: its "key" is the
 # run token, and hop-by-hop headers belong to the sandbox's connection.
@@ -22,7 +23,9 @@ _DROP_HEADERS = frozenset(
 
 
 def forwardable_headers(headers: dict[str, str] | Any) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in _DROP_HEADERS and not k.lower().startswith("x-amz-")}
+    # Lower-cased, so an upstream's setdefault("content-type", …) cannot add a second copy (which breaks SigV4).
+    return {k.lower(): v for k, v in headers.items()
+            if k.lower() not in _DROP_HEADERS and not k.lower().startswith("x-amz-")}
 
 
 class Upstream(abc.ABC):
@@ -47,6 +50,7 @@ class Upstream(abc.ABC):
         """One attempt; the caller releases the response."""
         url = self.base_url + path_qs
         signed = self.sign(method, url, forwardable_headers(headers), data)
+        # encoded=True: send the path exactly as signed (yarl would turn %3A back into ":").
         return await self.session.request(
-            method, url, data=data, headers=signed, timeout=self.timeout, auto_decompress=True
+            method, URL(url, encoded=True), data=data, headers=signed, timeout=self.timeout, auto_decompress=True
         )

@@ -22,7 +22,7 @@ function el(tag, props, ...children) {
   return node;
 }
 
-function append(node, children) {
+function append(node, ...children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -42,6 +42,15 @@ function clip(text, n) {
 
 function oneLine(text, n) {
   return clip(String(text ?? "").replace(/\s+/g, " ").trim(), n);
+}
+
+// Paths inside the run folder, shown relative to it (host path, or /workspace in a container).
+function relative(text) {
+  text = String(text ?? "");
+  for (const root of [view.snapshot && view.snapshot.workspace_path, "/workspace"]) {
+    if (root) text = text.split(root + "/").join("");
+  }
+  return text;
 }
 
 function dollars(x) {
@@ -173,11 +182,11 @@ function panel(id, title) {
 function buildRunPage() {
   const main = document.getElementById("main");
   const panels = {};
-  const sections = SECTIONS.map(([id, title]) => {
-    panels[id] = panel(id, title);
-    return panels[id].section;
-  });
-  replaceChildren(main, sections);
+  for (const [id, title] of SECTIONS) panels[id] = panel(id, title);
+  replaceChildren(main,
+    panels.totals.section,
+    el("div", { class: "pair" }, panels.question.section, panels.answer.section),
+    SECTIONS.slice(3).map(([id]) => panels[id].section));
   replaceChildren(document.getElementById("nav"),
     SECTIONS.map(([id, title]) => el("a", { href: "#" + id, text: title })));
 
@@ -197,6 +206,7 @@ function renderSnapshot(snap) {
   document.title = "fsRLM · " + snap.run_id;
   replaceChildren(document.getElementById("title"), snap.run_id);
   const status = document.getElementById("status");
+  status.hidden = false;
   status.className = "badge " + String(snap.status).replace(/[^a-z_]/g, "");
   status.textContent = snap.status;
   for (const event of snap.events) addEvent(event, false);
@@ -282,11 +292,11 @@ function eventBody(e) {
       return el("div", { class: "agent", text: e.text || "" });
     case "tool_use":
       return [el("span", { class: "tool", text: e.tool || "tool" }),
-        e.detail ? el("code", { text: clip(e.detail, 600) }) : null];
+        e.detail ? el("code", { text: clip(relative(e.detail), 600) }) : null];
     case "script_started":
-      return ["runs ", el("code", { text: e.detail || "" })];
+      return ["runs ", el("code", { text: relative(e.detail) })];
     case "script_finished":
-      return [el("code", { text: e.detail || "" }), e.is_error ? el("span", { class: "err", text: " failed" }) : " finished",
+      return [el("code", { text: relative(e.detail) }), e.is_error ? el("span", { class: "err", text: " failed" }) : " finished",
         e.text ? el("details", {}, el("summary", { text: "output" }), el("pre", { class: "text", text: e.text })) : null];
     case "subcall": {
       const r = e.record || {};

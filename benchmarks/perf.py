@@ -1,0 +1,351 @@
+"""``make bench``: fsRLM's performance tables, measured side by side in one run.
+
+Everything talks to the scripted model on loopback at a fixed latency, so the
+figures are the machinery's own cost, not a model's. Sections:
+
+  broker   broker overhead per subcall vs calling the model directly; cache-hit throughput
+  batch    llm_batch wall time for 100 and 1000 calls at several concurrencies vs the ideal
+  chunking chunk_file throughput and peak memory for 1 MB, 100 MB and 1 GB inputs
+  runs     per-run overhead of each executor vs the bare CLI on the same script
+  jobs     the DESIGN.md reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms) per executor
+  parallel N concurrent runs per executor: throughput and failures
+
+Usage: python -m benchmarks.perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from fsrlm.broker import Broker, BrokerSettings, RunLimits
+from fsrlm.config import RLMConfig, UpstreamConfig
+from fsrlm.rlm import RLM
+from fsrlm.testing.plans import bash_plan, count_label_plan
+from fsrlm.testing.scripted_model import ScriptedModelServer
+
+ROOT = Path(__file__).resolve().parents[1]
+Row = dict[str, Any]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def broker_for(url: str, workspace: Path, *, cache: Path | None, concurrency: int = 64) -> Broker:
+    limits = RunLimits(max_scripts=1000, max_subcalls_per_script=100_000, max_total_subcalls=1_000_000,
+                       max_tokens_per_subcall=1000, max_budget_usd=None, max_depth=0)
+    (workspace / "state").mkdir(parents=True, exist_ok=True)
+    return Broker(BrokerSettings(
+        run_id="bench", token="bench-token", workspace=workspace, submodel="scripted-sub", limits=limits,
+        upstream=UpstreamConfig(type="compatible", base_url=url, max_retries=0), cache_dir=cache,
+        subcall_concurrency=concurrency,
+    ))
+
+
+# -- broker ----------------------------------------------------------------------------
+
+
+async def _time_requests(session: aiohttp.ClientSession, url: str, make_body, headers: dict, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        async with session.post(url, json=make_body(i), headers=headers) as r:
+            await r.read()
+            assert r.status == 200, r.status
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def bench_broker(n: int) -> list[Row]:
+    rows: list[Row] = []
+    with ScriptedModelServer() as model, tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        async with aiohttp.ClientSession() as session:
+            direct = await _time_requests(
+                session, model.url + "/v1/messages",
+                lambda i: {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": f"ECHO: {i}"}]},
+                {"x-api-key": "k"}, n)
+            broker = broker_for(model.url, ws, cache=None)
+            endpoint = await broker.start()
+            port = await endpoint.open_tcp()
+            try:
+                brokered = await _time_requests(
+                    session, f"http://127.0.0.1:{port}/fsrlm/v1/subcall",
+                    lambda i: {"messages": [{"role": "user", "content": f"ECHO: {i}"}]},
+                    {"x-api-key": "bench-token", "x-fsrlm-script": "bench.py"}, n)
+            finally:
+                await broker.stop()
+            cached_broker = broker_for(model.url, ws, cache=ws / "cache")
+            endpoint = await cached_broker.start()
+            port = await endpoint.open_tcp()
+            try:
+                body = {"messages": [{"role": "user", "content": "ECHO: same"}]}
+                hdr = {"x-api-key": "bench-token", "x-fsrlm-script": "bench.py"}
+                await _time_requests(session, f"http://127.0.0.1:{port}/fsrlm/v1/subcall", lambda i: body, hdr, 1)
+                t = time.perf_counter()
+                hits = await _time_requests(session, f"http://127.0.0.1:{port}/fsrlm/v1/subcall",
+                                            lambda i: body, hdr, n)
+                hit_rate = n / (time.perf_counter() - t)
+            finally:
+                await cached_broker.stop()
+    rows.append({"measure": "direct call to the model, p50 / p99 ms",
+                 "value": f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f}"})
+    rows.append({"measure": "through the broker, p50 / p99 ms",
+                 "value": f"{pct(brokered, .5):.2f} / {pct(brokered, .99):.2f}"})
+    rows.append({"measure": "broker overhead per subcall, p50 / p99 ms (target p50 < 3)",
+                 "value": f"{pct(brokered, .5) - pct(direct, .5):.2f} / {pct(brokered, .99) - pct(direct, .99):.2f}"})
+    rows.append({"measure": "cache hits, p50 ms / sequential hits per second",
+                 "value": f"{pct(hits, .5):.2f} / {hit_rate:.0f}"})
+    return rows
+
+
+# -- llm_batch -----------------------------------------------------------------------
+
+BATCH_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from llm_client import llm_batch
+    n = int(sys.argv[1])
+    t = time.perf_counter()
+    out = llm_batch([f"ECHO: {i} {sys.argv[2]}" for i in range(n)])
+    assert out[5].endswith(sys.argv[2])
+    print(time.perf_counter() - t)
+""")
+
+
+async def bench_batch(cases: list[tuple[int, int]], latency_ms: float) -> list[Row]:
+    rows: list[Row] = []
+    with ScriptedModelServer(subcall_latency_ms=latency_ms) as model, tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        (ws / "bench.py").write_text(BATCH_SCRIPT)
+        for n, concurrency in cases:
+            broker = broker_for(model.url, ws, cache=None, concurrency=concurrency)
+            endpoint = await broker.start()
+            port = await endpoint.open_tcp()
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "tools"), "FSRLM_BROKER_URL": f"http://127.0.0.1:{port}",
+                   "FSRLM_BROKER_TOKEN": "bench-token", "FSRLM_WORKSPACE": str(ws),
+                   "FSRLM_SUBCALL_CONCURRENCY": str(concurrency)}
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "bench.py", str(n), f"tag{n}x{concurrency}", cwd=ws, env=env,
+                    stdout=asyncio.subprocess.PIPE)
+                out, _ = await proc.communicate()
+            finally:
+                await broker.stop()
+            wall = float(out.decode().strip().splitlines()[-1])
+            ideal = math.ceil(n / concurrency) * latency_ms / 1000
+            rows.append({"calls": n, "concurrency": concurrency, "wall_s": round(wall, 3),
+                         "ideal_s": round(ideal, 3), "ratio": round(wall / ideal, 3)})
+    return rows
+
+
+# -- chunking ------------------------------------------------------------------------
+
+CHUNK_SCRIPT = textwrap.dedent("""
+    import resource, sys, time
+    from chunking import chunk_file
+    t = time.perf_counter(); n = 0
+    for c in chunk_file(sys.argv[1], chunk_size=64000):
+        n += 1
+    dt = time.perf_counter() - t
+    print(dt, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def bench_chunking(sizes_mb: list[int]) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "chunk.py"
+        script.write_text(CHUNK_SCRIPT)
+        line = b"2026-11-25T10:00:00Z svc-3 INFO request 12345 took 87 ms and said something long enough\n"
+        for mb in sizes_mb:
+            path = Path(tmp) / f"in-{mb}.log"
+            block = line * (1024 * 1024 // len(line) + 1)
+            with path.open("wb") as f:
+                for _ in range(mb):
+                    f.write(block[: 1024 * 1024])
+            out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT / "tools")}, check=True).stdout.split()
+            seconds, chunks, rss_kb = float(out[0]), int(out[1]), int(out[2])
+            rows.append({"input": f"{mb} MB", "chunks": chunks, "seconds": round(seconds, 3),
+                         "MB_per_s": round(mb / seconds, 1), "peak_rss_MB": round(rss_kb / 1024, 1)})
+            path.unlink()
+    return rows
+
+
+# -- whole runs ----------------------------------------------------------------------
+
+
+def _config(executor: str, url: str, tmp: Path, **extra: Any) -> RLMConfig:
+    return RLMConfig.model_validate({
+        "upstream": {"type": "compatible", "base_url": url, "max_retries": 0},
+        "executor": {"type": executor}, "cache_responses": False, "cache_dir": str(tmp / "cache"),
+        "workspace_dir": str(tmp / "runs"), "root_model": "scripted-root", "submodel": "scripted-sub",
+        "max_subcalls_per_script": 10_000, "max_total_subcalls": 100_000, "max_budget_usd": None,
+        "subcall_concurrency": 16, **extra,
+    })
+
+
+def _bare_cli(url: str, tmp: Path) -> float:
+    from executors.local import bundled_cli
+
+    ws = tmp / "bare"
+    ws.mkdir(exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(ws), "CLAUDE_CONFIG_DIR": str(ws / ".agent"),
+           "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "x", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    t = time.perf_counter()
+    subprocess.run([str(bundled_cli()), "-p", "go", "--output-format", "stream-json", "--verbose",
+                    "--model", "scripted-root", "--allowedTools", "Bash"], cwd=ws, env=env,
+                   capture_output=True, check=True, timeout=120)
+    return time.perf_counter() - t
+
+
+def bench_runs(executors: list[str], reps: int) -> list[Row]:
+    rows: list[Row] = []
+    with ScriptedModelServer(bash_plan("echo hi")) as model, tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        _bare_cli(model.url, tmp_path)  # warm caches
+        bare = statistics.median(_bare_cli(model.url, tmp_path) for _ in range(reps))
+        rows.append({"executor": "bare CLI (no fsRLM)", "median_s": round(bare, 3), "overhead_s": 0.0})
+        for executor in executors:
+            rlm = RLM(_config(executor, model.url, tmp_path))
+            rlm.invoke("input", question="q")  # warm up (image, caches)
+            times = []
+            for _ in range(reps):
+                result = rlm.invoke("input", question="q")
+                assert result.success, result.errors
+                times.append(result.metrics.wall_seconds)
+            median = statistics.median(times)
+            rows.append({"executor": executor, "median_s": round(median, 3), "overhead_s": round(median - bare, 3)})
+    return rows
+
+
+def _records(n: int) -> str:
+    return "".join(f"record {i} user-{i % 17} {'ERROR' if i % 9 == 0 else 'OK'} {'payload ' * 3}\n" for i in range(n))
+
+
+def bench_jobs(executors: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    for records, chunks, latency in ((1200, 30, 0), (4000, 100, 200)):
+        text = _records(records)
+        chunk_size = math.ceil(len(text.encode()) / chunks) + 80
+        with ScriptedModelServer(count_label_plan(chunk_size=chunk_size), subcall_latency_ms=latency) as model, \
+                tempfile.TemporaryDirectory() as tmp:
+            for executor in executors:
+                rlm = RLM(_config(executor, model.url, Path(tmp)))
+                rlm.invoke(text, question="How many records are ERROR?")  # warm up
+                result = rlm.invoke(text, question="How many records are ERROR?")
+                ideal = math.ceil(result.metrics.subcalls / 16) * latency / 1000
+                rows.append({"job": f"{records} records, {result.metrics.subcalls} chunks, {latency} ms",
+                             "executor": executor, "wall_s": result.metrics.wall_seconds,
+                             "ok": result.success and result.answer == str(text.count("ERROR")),
+                             "ideal_subcall_waves_s": ideal})
+    return rows
+
+
+async def _parallel(rlm: RLM, n: int) -> tuple[float, int]:
+    t = time.perf_counter()
+    results = await asyncio.gather(*(rlm.ainvoke(f"input {i}", question="q") for i in range(n)),
+                                   return_exceptions=True)
+    failures = sum(1 for r in results if isinstance(r, BaseException) or not r.success)
+    return time.perf_counter() - t, failures
+
+
+def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
+    rows: list[Row] = []
+    with ScriptedModelServer(bash_plan("echo hi")) as model, tempfile.TemporaryDirectory() as tmp:
+        for executor in executors:
+            rlm = RLM(_config(executor, model.url, Path(tmp)))
+            for n in counts:
+                wall, failures = asyncio.run(_parallel(rlm, n))
+                rows.append({"executor": executor, "concurrent_runs": n, "wall_s": round(wall, 2),
+                             "runs_per_s": round(n / wall, 2), "failures": failures})
+    return rows
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    print(f"\n## {title}\n")
+    if not rows:
+        print("(nothing measured)")
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |")
+    print("| " + " | ".join("-" * widths[c] for c in cols) + " |")
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + " |")
+
+
+SECTIONS = ("broker", "batch", "chunking", "runs", "jobs", "parallel")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--executors", default=None, help="default: local,docker (docker when the engine is up)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 1 GB input, no 1000-call batches")
+    parser.add_argument("--json", action="store_true", help="print all tables as one JSON object")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    executors = args.executors.split(",") if args.executors else _default_executors()
+    quick = args.quick
+
+    results: dict[str, list[Row]] = {}
+    if "broker" in only:
+        results["broker overhead (scripted model at 0 ms)"] = asyncio.run(bench_broker(100 if quick else 500))
+    if "batch" in only:
+        cases = [(100, 1), (100, 4), (100, 16), (100, 64)]
+        if not quick:
+            cases += [(1000, 4), (1000, 16), (1000, 64)]
+        results["llm_batch wall time, 200 ms per call (target: 100 calls at 16 within 1.3x ideal)"] = asyncio.run(
+            bench_batch(cases, 200))
+    if "chunking" in only:
+        results["chunking throughput and peak memory (target >= 100 MB/s, flat memory)"] = bench_chunking(
+            [1, 100] if quick else [1, 100, 1024])
+    if "runs" in only:
+        results["per-run overhead vs the bare CLI (same 2-turn script)"] = bench_runs(executors, 3 if quick else 7)
+    if "jobs" in only:
+        results["reference jobs (DESIGN.md), subcall concurrency 16"] = bench_jobs(executors)
+    if "parallel" in only:
+        results["concurrent runs on this machine"] = bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16])
+
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(f"# fsRLM benchmarks — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+              f"executors: {', '.join(executors)}")
+        for title, rows in results.items():
+            print_table(title, rows)
+    return 0
+
+
+def _default_executors() -> list[str]:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return ["local", "docker"]
+    except Exception:
+        print("(Docker engine not reachable: benchmarking the local executor only)", file=sys.stderr)
+        return ["local"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
