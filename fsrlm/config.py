@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from executors.configs import EXECUTOR_TYPES, ExecutorConfig, LocalExecutorConfig
 from fsrlm.errors import ConfigError
@@ -50,7 +50,7 @@ class RLMConfig(BaseModel):
     max_scripts: int = Field(default=20, gt=0)
     max_subcalls_per_script: int = Field(default=100, gt=0)
     max_total_subcalls: int = Field(default=1000, gt=0)
-    max_budget_usd: float | None = Field(default=5.0, gt=0, description="root + subcalls; None for no cap")
+    max_budget_usd: float | None = Field(default=5.0, gt=0, description='root + subcalls; None (or "none") for no cap')
     subcall_concurrency: int = Field(default=8, gt=0, le=256)
     submodel: str = "claude-haiku-4-5"
 
@@ -72,6 +72,14 @@ class RLMConfig(BaseModel):
 
     executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+
+    @field_validator("max_budget_usd", mode="before")
+    @classmethod
+    def _no_budget(cls, value: Any) -> Any:
+        # TOML and environment variables cannot say None: accept a word for "no cap".
+        if isinstance(value, str) and value.strip().lower() in ("none", "off", "unlimited"):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _bedrock_switch(self) -> RLMConfig:
@@ -160,11 +168,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(config)"
-        env_name = ENV_PREFIX + str(item["loc"][0]).upper() if item["loc"] else ""
+        loc = [str(p) for p in item["loc"]]
+        field = ".".join(loc) or "(config)"
+        secret = any(word in field for word in ("key", "secret", "token", "password"))
         got = item.get("input")
-        got_text = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-        lines.append(f"  {field}: {item['msg']}{got_text}" + (f"  [env {env_name}]" if env_name else ""))
+        show = got is not None and not isinstance(got, dict | list) and not secret and item["type"] != "extra_forbidden"
+        hint = ""
+        if loc and loc[0] in RLMConfig.model_fields and loc[0] not in ("executor", "upstream"):
+            hint = f"  [env {ENV_PREFIX}{loc[0].upper()}]"
+        message = "unknown setting" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {field}: {message}" + (f" (got {got!r})" if show else "") + hint)
     return "Invalid fsRLM configuration:\n" + "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,9 +118,15 @@ class EventLog:
             fd = open_beneath(self.workspace, "state/artifacts.jsonl", os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return
-        with os.fdopen(fd, "rb") as f:
-            f.seek(self._artifact_offset)
-            chunk = f.read(max_bytes)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return  # a FIFO or directory planted by the agent is never read
+            os.lseek(fd, self._artifact_offset, os.SEEK_SET)
+            chunk = os.read(fd, max_bytes)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
         end = chunk.rfind(b"\n")
         if end < 0:
             return

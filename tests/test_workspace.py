@@ -186,8 +186,11 @@ def test_large_input_is_streamed(ws: Workspace, tmp_path: Path) -> None:
     assert written == size
     assert peak < 16 * 1024 * 1024, f"peak {peak} bytes: the input was held in memory"
     assert len(head) == 3000 and len(tail) == 1500
-    assert filecmp.cmp(src, ws.root / "input" / "prompt.md", shallow=False)
-    (ws.root / "input" / "prompt.md").unlink()
+    try:
+        assert filecmp.cmp(src, ws.root / "input" / "prompt.md", shallow=False)
+    finally:  # pytest keeps recent temp dirs: do not leave 400 MB behind
+        (ws.root / "input" / "prompt.md").unlink()
+        src.unlink()
 
 
 def test_large_file_object_is_streamed(ws: Workspace, tmp_path: Path) -> None:
@@ -201,6 +204,7 @@ def test_large_file_object_is_streamed(ws: Workspace, tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    src.unlink()
     assert written == size
     assert peak < 8 * 1024 * 1024
 

@@ -178,13 +178,18 @@ def check_json_result(stdout: str, count: int) -> dict:
 
 def test_run_json_local(scripted_env: dict[str, str], input_file: tuple[Path, int], tmp_path: Path) -> None:
     path, count = input_file
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    (parent / "keep.txt").write_text("the user's file")
     result = invoke(["run", str(path), "--json", "--executor", "local", "--question", "How many ERROR lines?",
-                     "--workspace", str(tmp_path / "runs")], env=scripted_env)
+                     "--workspace", str(parent)], env=scripted_env)
     assert result.exit_code == 0, (result.output, result.exception)
     summary = check_json_result(result.stdout, count)
-    # --workspace keeps the run folder, under the given parent
+    # --workspace keeps the run folder, in its own subfolder of the given parent, which is not wiped
     workspace = Path(summary["workspace_path"])
-    assert workspace.parent == (tmp_path / "runs").resolve()
+    assert workspace.parent == parent.resolve()
+    assert sorted(p.name for p in parent.iterdir()) == sorted(["keep.txt", workspace.name])
+    assert (parent / "keep.txt").read_text() == "the user's file"
     assert (workspace / "input" / "prompt.md").read_bytes() == path.read_bytes()
     assert (workspace / "input" / "question.md").read_text() == "How many ERROR lines?"
     assert (workspace / "output" / "answer.md").read_text().strip() == str(count)
