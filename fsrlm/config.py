@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from executors.configs import EXECUTOR_TYPES, ExecutorConfig, LocalExecutorConfig
+from executors.configs import EXECUTOR_TYPES, DockerExecutorConfig, ExecutorConfig
 from fsrlm.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "fsrlm.toml"
@@ -70,7 +70,7 @@ class RLMConfig(BaseModel):
     cache_responses: bool = True
     cache_dir: Path | None = Field(default=None, description="host response cache; default ~/.cache/fsrlm")
 
-    executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig)
+    executor: ExecutorConfig = Field(default_factory=DockerExecutorConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
 
     @field_validator("max_budget_usd", mode="before")

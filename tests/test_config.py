@@ -76,7 +76,7 @@ def test_defaults() -> None:
     assert config.preserve_workspace is False
     assert config.cache_responses is True
     assert config.cache_dir is None
-    assert config.executor == LocalExecutorConfig()
+    assert config.executor == DockerExecutorConfig()  # untrusted input is the default case
     assert config.upstream.type == "anthropic"
     assert config.upstream.base_url is None and config.upstream.api_key is None
     assert config.effective_root_model == "claude-sonnet-4-5"

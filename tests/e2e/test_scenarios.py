@@ -159,7 +159,7 @@ def test_timeout_stops_the_run_and_keeps_the_workspace(executor_type, scripted, 
         append_artifact({"partial": True})
         time.sleep(300)
     """))
-    result = RLM(make_config(executor_type, timeout_seconds=10)).invoke("input", question="q")
+    result = RLM(make_config(executor_type, timeout_seconds=25)).invoke("input", question="q")
 
     assert not result.success
     assert result.stop_reason == "timeout"

@@ -1,0 +1,196 @@
+"""Fixtures of the security suite: findings for SECURITY.md, attack runs, a scoped leftover check.
+
+Every attack is a real run: the real Claude Code CLI inside the hardened Docker
+sandbox, driven by the scripted model, whose plan makes the root agent write and
+run the attack with its own tools (Write, Bash). The attack script reports what
+it saw in ``scratch/findings.json``; the test reads that from the host and
+checks the host itself.
+
+Each test declares its row of the SECURITY.md table with the ``finding``
+fixture::
+
+    f = finding("network", "interfaces besides loopback", tried="...", expected="...")
+    ...
+    f.observed = "only lo"
+
+``tests/security/report.py`` (a pytest plugin) turns those rows and the tests'
+outcomes into the table.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsrlm import RLM
+from fsrlm.results import RLMResult
+from fsrlm.testing.plans import script_plan
+
+FINDING_KEY = "security_finding"
+
+# Prepended to every attack script: a findings dict saved to scratch/findings.json.
+PREAMBLE = textwrap.dedent("""
+    import json, os, sys
+    WS = os.environ.get("FSRLM_WORKSPACE", os.getcwd())
+    F = {}
+    def save():
+        with open(os.path.join(WS, "scratch", "findings.json"), "w") as fh:
+            json.dump(F, fh, default=str)
+""")
+
+
+class Finding:
+    """One row of the SECURITY.md table; the test fills in ``observed``.
+
+    The row lives in the test item's ``user_properties``, where the report plugin
+    (``tests/security/report.py``) finds it next to the test's outcome.
+    """
+
+    def __init__(self, row: dict[str, str]) -> None:
+        self.row = row
+
+    @property
+    def observed(self) -> str:
+        return self.row["observed"]
+
+    @observed.setter
+    def observed(self, text: str) -> None:
+        self.row["observed"] = text
+
+
+@pytest.fixture
+def finding(request: pytest.FixtureRequest) -> Callable[..., Finding]:
+    """``finding(area, name, tried=..., expected=...)`` declares this test's row of the table."""
+
+    def declare(area: str, name: str, *, tried: str, expected: str) -> Finding:
+        row = {"area": area, "name": name, "tried": tried, "expected": expected, "observed": ""}
+        request.node.user_properties.append((FINDING_KEY, row))
+        return Finding(row)
+
+    return declare
+
+
+# -- running attacks ---------------------------------------------------------------------
+
+
+@dataclass
+class AttackRun:
+    result: RLMResult
+    findings: dict[str, Any]
+
+    @property
+    def workspace(self) -> Path:
+        assert self.result.workspace_path is not None
+        return self.result.workspace_path
+
+
+def read_findings(result: RLMResult) -> dict[str, Any]:
+    if result.workspace_path is None:
+        return {}
+    path = result.workspace_path / "scratch" / "findings.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.fixture
+def attack_run(docker_image, scripted, make_config) -> Callable[..., AttackRun]:
+    """``attack_run(script, **config)``: run ``script`` as the root agent's job in the Docker sandbox.
+
+    ``script`` is Python; ``PREAMBLE`` (``F`` dict, ``save()``) is prepended.
+    ``prompt``, ``question`` and ``executor`` may be given; the rest are config overrides.
+    """
+
+    def run(script: str, *, prompt: Any = "input", question: str = "q", executor: str = "docker",
+            **overrides: Any) -> AttackRun:
+        scripted.plan = script_plan(PREAMBLE + textwrap.dedent(script))
+        result = RLM(make_config(executor, **overrides)).invoke(prompt, question=question)
+        return AttackRun(result, read_findings(result))
+
+    return run
+
+
+# -- nothing left behind (scoped to this test's own runs) ----------------------------------
+
+
+def _run_ids_under(root: Path) -> set[str]:
+    ids: set[str] = set()
+    if not root.is_dir():
+        return ids
+    for job in root.rglob("state/job.json"):
+        try:
+            run_id = json.loads(job.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(run_id, str):
+            ids.add(run_id)
+    return ids
+
+
+def our_containers(tmp_path: Path) -> list[str]:
+    """fsRLM containers whose workspace lies under ``tmp_path`` (other sessions' are ignored)."""
+    try:
+        import docker
+
+        client = docker.from_env()
+    except Exception:
+        return []
+    try:
+        found = []
+        for c in client.containers.list(all=True, filters={"label": "fsrlm=1"}, ignore_removed=True):
+            mounts = c.attrs.get("Mounts") or []
+            if any(str(m.get("Source", "")).startswith(str(tmp_path)) for m in mounts):
+                found.append(c.name)
+        return found
+    finally:
+        client.close()
+
+
+def run_processes(run_ids: set[str]) -> list[int]:
+    markers = [f"FSRLM_RUN_ID={r}\0".encode() for r in run_ids]
+    found = []
+    if not markers:
+        return found
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if any(m in env for m in markers):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After each test: no container and no agent process of this test's runs is left."""
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        containers = our_containers(tmp_path)
+        processes = run_processes(_run_ids_under(tmp_path))
+        if not (containers or processes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not containers, f"containers left behind: {containers}"
+    assert not processes, f"agent processes left running: {processes}"
+
+
+def host_ip() -> str:
+    """An address of this host other than loopback (the route to the outside), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
