@@ -216,7 +216,7 @@ def _bare_cli(url: str, tmp: Path) -> float:
 
 def bench_runs(executors: list[str], reps: int) -> list[Row]:
     rows: list[Row] = []
-    with ScriptedModelServer(bash_plan("echo hi")) as model, tempfile.TemporaryDirectory() as tmp:
+    with ScriptedModelServer(bash_plan("mkdir -p output && echo hi > output/answer.md")) as model, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         _bare_cli(model.url, tmp_path)  # warm caches
         bare = statistics.median(_bare_cli(model.url, tmp_path) for _ in range(reps))
@@ -267,7 +267,7 @@ async def _parallel(rlm: RLM, n: int) -> tuple[float, int]:
 
 def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
     rows: list[Row] = []
-    with ScriptedModelServer(bash_plan("echo hi")) as model, tempfile.TemporaryDirectory() as tmp:
+    with ScriptedModelServer(bash_plan("mkdir -p output && echo hi > output/answer.md")) as model, tempfile.TemporaryDirectory() as tmp:
         for executor in executors:
             rlm = RLM(_config(executor, model.url, Path(tmp)))
             for n in counts:

@@ -44,9 +44,19 @@ class RemoteDockerExecutorConfig(_ContainerLimits):
     """Run the agent in the same container on a Docker engine reached over the network."""
 
     type: Literal["remote-docker"] = "remote-docker"
-    host: str | None = Field(default=None, description="ssh://user@host or tcp://host:2376; default: DOCKER_HOST")
-    tls_verify: bool | None = None
-    cert_path: str | None = None
+    host: str | None = Field(
+        default=None, description="ssh://user@host or tcp://host:2376; default: DOCKER_HOST, then the Docker context"
+    )
+    context: str | None = Field(default=None, description="Docker context to take the host from; default: DOCKER_CONTEXT")
+    tls_verify: bool | None = Field(default=None, description="verify the host's TLS certificate; default: DOCKER_TLS_VERIFY")
+    cert_path: str | None = Field(
+        default=None, description="folder with ca.pem, cert.pem, key.pem; default: DOCKER_CERT_PATH, then ~/.docker"
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds to wait for the host to answer a ping")
+    max_collect_bytes: int = Field(
+        default=16 * 1024**3, gt=0, description="cap on the file data copied back from the workspace"
+    )
+    max_collect_files: int = Field(default=200_000, gt=0, description="cap on the entries copied back")
 
 
 ExecutorConfig = Annotated[

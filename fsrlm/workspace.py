@@ -84,7 +84,9 @@ class Workspace:
                 parent = parent.expanduser().resolve()
                 parent.mkdir(parents=True, exist_ok=True)
                 root = parent / run_id
-                root.mkdir()  # never reuses (and so never wipes) an existing folder
+                # Never reuses (and so never wipes) an existing folder. Private, like a temp dir:
+                # other users must not reach what the sandbox wrote (e.g. an executable with setuid bits).
+                root.mkdir(mode=0o700)
                 owned = False
             for sub in LAYOUT:
                 (root / sub).mkdir(parents=True, exist_ok=True)

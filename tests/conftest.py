@@ -13,7 +13,7 @@ from fsrlm.config import RLMConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
 from support import FAKE_UPSTREAM_KEY
 
-EXECUTORS = ["local", "docker"]
+EXECUTORS = ["local", "docker", "remote-docker"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +38,21 @@ def scripted() -> Iterator[ScriptedModelServer]:
 
 @pytest.fixture(params=EXECUTORS)
 def executor_type(request: pytest.FixtureRequest) -> str:
-    """Runs a test once per executor backend (the conformance suite)."""
+    """Runs a test once per executor backend (the conformance suite).
+
+    ``remote-docker`` runs against a second Docker daemon on loopback
+    (``remote_docker_host``), reached through ``DOCKER_HOST``.
+    """
     if request.param != "local":
         request.applymarker(pytest.mark.docker)
         request.getfixturevalue("docker_image")
+    if request.param == "remote-docker":
+        daemon = request.getfixturevalue("remote_docker_host")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in daemon.env.items():
+            monkeypatch.setenv(name, value)
     return request.param
 
 
@@ -57,6 +68,17 @@ def docker_image() -> str:
         return ensure_image(client)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def remote_docker_host() -> Iterator[Any]:
+    """A second Docker daemon on 127.0.0.1 (plain TCP) playing a remote host; stopped and removed at the end."""
+    from fsrlm.testing.dockerd import SecondDockerd
+
+    if os.geteuid() != 0:
+        pytest.skip("starting a second Docker daemon needs root")
+    with SecondDockerd() as daemon:
+        yield daemon
 
 
 @pytest.fixture

@@ -64,12 +64,15 @@ def sandbox_user() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
-def chown_tree(root: Path, uid: int, gid: int) -> None:
+def chown_tree(root: Path, uid: int, gid: int, *, drop_setid: bool = False) -> None:
     """``chown -R --no-dereference`` that cannot be tricked into leaving ``root``.
 
     Walks with directory descriptors (``O_NOFOLLOW`` at every step), changes
     symlinks themselves, and skips files with more than one hard link (they
-    may be shared with a file outside the workspace).
+    may be shared with a file outside the workspace). With ``drop_setid``
+    (handing a workspace back), regular files not owned by root also lose their
+    setuid/setgid bits, hard-linked ones included: the sandbox must not leave a
+    setuid executable of its uid on the host.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     top = os.open(root, flags)
@@ -86,7 +89,10 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
                             if stat.S_ISDIR(st.st_mode):
                                 stack.append(os.open(entry.name, flags, dir_fd=fd))
                                 os.chown(stack[-1], uid, gid)
-                            elif st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
+                                continue
+                            if drop_setid and stat.S_ISREG(st.st_mode) and st.st_mode & _SETID and st.st_uid != 0:
+                                _drop_setid(fd, entry.name)
+                            if st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
                                 logger.debug("not changing the owner of %s: it has hard links", entry.name)
                             else:
                                 os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
@@ -97,6 +103,24 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
                     os.close(fd)
     finally:
         os.close(top)
+
+
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _drop_setid(dir_fd: int, name: str) -> None:
+    """Clear the setuid/setgid bits of the regular file ``name``, never through a link."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        logger.warning("could not clear the setuid bits of %s: %s", name, e)
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid != 0:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~_SETID)
+    finally:
+        os.close(fd)
 
 
 def check_agent_env(env: dict[str, str]) -> None:
@@ -173,10 +197,41 @@ class DockerSandbox(Sandbox):
         check_agent_env(env)
         environment = {**env, **plumbing_env()}
         name = f"fsrlm-{_safe_name(self.run_id)}-{secrets.token_hex(3)}"
-        options = hardening.container_options(
+        options = self._container_options([self.cli_path, *argv], environment, name)
+        api = self._client.api
+        try:
+            await self._before_create()
+            container_id = await asyncio.to_thread(self._create, api, options)
+        except Exception as e:
+            raise self._error("create the agent container", e) from e
+        self._container_ids.append(container_id)
+        try:
+            await self._created(container_id)
+            attached = await asyncio.to_thread(
+                api.attach_socket, container_id, {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        except Exception as e:
+            raise self._error("attach to the agent container", e) from e
+        process = DockerAgentProcess(api, container_id, attached, timeout_seconds=self._spec.timeout_seconds,
+                                     lost_after=self._lost_after)
+        self._processes.append(process)
+        try:
+            await asyncio.to_thread(api.start, container_id)
+            await self._started(container_id, process)
+        except Exception as e:
+            raise self._error("start the agent container", e) from e
+        logger.debug("started %s (%s) for run %s", name, container_id[:12], self.run_id)
+        return process
+
+    # -- hooks of the remote sandbox (executors/docker/remote.py) ---------------------
+
+    _lost_after = 10  # failed attempts to reach the daemon before a running agent counts as lost
+
+    def _container_options(self, command: list[str], environment: dict[str, str], name: str):
+        return hardening.container_options(
             self._config,
             image=self._image,
-            command=[self.cli_path, *argv],
+            command=command,
             environment=environment,
             run_id=self.run_id,
             user=self._user,
@@ -184,26 +239,33 @@ class DockerSandbox(Sandbox):
             broker_socket=self._spec.broker.unix_socket,
             name=name,
         )
-        api = self._client.api
-        try:
-            container_id = await asyncio.to_thread(self._create, api, options)
-        except Exception as e:
-            raise self._error("create the agent container", e) from e
-        self._container_ids.append(container_id)
-        try:
-            attached = await asyncio.to_thread(
-                api.attach_socket, container_id, {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-        except Exception as e:
-            raise self._error("attach to the agent container", e) from e
-        process = DockerAgentProcess(api, container_id, attached, timeout_seconds=self._spec.timeout_seconds)
-        self._processes.append(process)
-        try:
-            await asyncio.to_thread(api.start, container_id)
-        except Exception as e:
-            raise self._error("start the agent container", e) from e
-        logger.debug("started %s (%s) for run %s", name, container_id[:12], self.run_id)
-        return process
+
+    async def _before_create(self) -> None:
+        """Before the container is created."""
+
+    async def _created(self, container_id: str) -> None:
+        """The container exists and has not started."""
+
+    async def _started(self, container_id: str, process: DockerAgentProcess) -> None:
+        """The container started."""
+
+    async def _reachable(self) -> bool:
+        return True
+
+    async def _before_remove(self, problems: list[str], reachable: bool) -> None:
+        """The agent processes are stopped; the containers are still there."""
+
+    async def _after_remove(self, problems: list[str]) -> None:
+        """Everything the run made on the engine is removed (or ``problems`` says why not)."""
+        if self._chowned and not problems:
+            uid, gid = os.getuid(), os.getgid()
+            try:
+                await asyncio.to_thread(_give_back, self._spec, uid, gid)
+            except OSError as e:
+                problems.append(f"giving the workspace back to uid {uid}: {e}")
+
+    def _fix(self) -> str:
+        return f"is the Docker daemon up? ({_FIX})"
 
     @staticmethod
     def _create(api, options: hardening.ContainerOptions) -> str:
@@ -219,7 +281,7 @@ class DockerSandbox(Sandbox):
             return ImageError(f"Cannot {what}: image {self._image} is missing; `python -m executors.docker.image`.")
         if isinstance(e, docker.errors.APIError):
             return SandboxError(f"Cannot {what} for run {self.run_id}: {_docker_message(e)}")
-        return SandboxError(f"Cannot {what} for run {self.run_id}: {e}; is the Docker daemon up? ({_FIX})")
+        return SandboxError(f"Cannot {what} for run {self.run_id}: {e}; {self._fix()}")
 
     async def collect(self) -> None:
         """Nothing to copy: the workspace is a bind mount."""
@@ -230,30 +292,32 @@ class DockerSandbox(Sandbox):
                 return
             self._closed = True
             problems: list[str] = []
+            reachable = await self._reachable()
             for process in self._processes:
-                with contextlib.suppress(SandboxError):
-                    await process.kill()
+                if reachable:
+                    with contextlib.suppress(SandboxError):
+                        await process.kill()
                 await process.aclose()
-            for container_id in self._container_ids:
+            await self._before_remove(problems, reachable)
+            if reachable:
+                for container_id in self._container_ids:
+                    try:
+                        await asyncio.to_thread(self._remove_container, container_id)
+                    except Exception as e:  # noqa: BLE001 - report, then go on cleaning
+                        problems.append(f"container {container_id[:12]}: {_docker_message(e)}")
                 try:
-                    await asyncio.to_thread(self._remove_container, container_id)
-                except Exception as e:  # noqa: BLE001 - report, then go on cleaning
-                    problems.append(f"container {container_id[:12]}: {_docker_message(e)}")
-            try:
-                await asyncio.to_thread(cleanup.remove_run, self._client, self.run_id)
-            except SandboxError as e:
-                problems.append(str(e))
-            if self._chowned and not problems:
-                uid, gid = os.getuid(), os.getgid()
-                try:
-                    await asyncio.to_thread(_give_back, self._spec, uid, gid)
-                except OSError as e:
-                    problems.append(f"giving the workspace back to uid {uid}: {e}")
+                    await asyncio.to_thread(cleanup.remove_run, self._client, self.run_id)
+                except SandboxError as e:
+                    problems.append(str(e))
+            await self._after_remove(problems)
             if problems:
                 raise SandboxError(
                     f"Cleaning up run {self.run_id} left problems: {'; '.join(problems)}. "
-                    "Run `fsrlm gc` to remove leftovers."
+                    f"Run `{self._gc_command()}` to remove leftovers."
                 )
+
+    def _gc_command(self) -> str:
+        return "fsrlm gc"
 
     def _remove_container(self, container_id: str) -> None:
         import docker.errors
@@ -264,6 +328,18 @@ class DockerSandbox(Sandbox):
             pass
 
 
+def check_spec(spec: SandboxSpec) -> None:
+    """The workspace is a folder and the broker's socket is a unix socket."""
+    if not spec.workspace.is_dir():
+        raise SandboxError(f"The workspace {spec.workspace} does not exist or is not a folder.")
+    try:
+        st = os.lstat(spec.broker.unix_socket)
+    except OSError as e:
+        raise SandboxError(f"The broker socket {spec.broker.unix_socket} is missing: {e}") from e
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SandboxError(f"{spec.broker.unix_socket} is not a unix socket.")
+
+
 def _safe_name(run_id: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in run_id).strip("-.")
     return cleaned[:40] or "run"
@@ -271,7 +347,7 @@ def _safe_name(run_id: str) -> str:
 
 def _give_back(spec: SandboxSpec, uid: int, gid: int) -> None:
     if spec.workspace.is_dir():
-        chown_tree(spec.workspace, uid, gid)
+        chown_tree(spec.workspace, uid, gid, drop_setid=True)
     with contextlib.suppress(FileNotFoundError):
         os.chown(spec.broker.unix_socket, uid, gid, follow_symlinks=False)
 
@@ -317,15 +393,8 @@ class DockerExecutor(Executor):
 
     async def prepare(self, spec: SandboxSpec) -> DockerSandbox:
         await self.check()
+        check_spec(spec)
         workspace = spec.workspace
-        if not workspace.is_dir():
-            raise SandboxError(f"The workspace {workspace} does not exist or is not a folder.")
-        try:
-            st = os.lstat(spec.broker.unix_socket)
-        except OSError as e:
-            raise SandboxError(f"The broker socket {spec.broker.unix_socket} is missing: {e}") from e
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SandboxError(f"{spec.broker.unix_socket} is not a unix socket.")
         user = sandbox_user()
         chowned = os.geteuid() == 0 and user != (os.getuid(), os.getgid())
         if chowned:
@@ -343,4 +412,5 @@ class DockerExecutor(Executor):
         return await asyncio.to_thread(cleanup.gc, self._client, older_than_seconds)
 
 
-__all__ = ["DockerExecutor", "DockerSandbox", "chown_tree", "check_agent_env", "plumbing_env", "sandbox_user"]
+__all__ = ["DockerExecutor", "DockerSandbox", "check_agent_env", "check_spec", "chown_tree", "plumbing_env",
+           "sandbox_user"]

@@ -10,7 +10,8 @@ What it sets, and why:
 
 * ``network_mode="none"``: the only way out is the broker socket.
 * ``read_only`` root; tmpfs with size caps for ``/tmp`` and ``$HOME``; the
-  workspace is the only writable bind mount; the broker socket is mounted
+  workspace is the only writable mount (a bind mount of the run folder, or for
+  a remote host a per-run named volume); the broker socket is mounted
   read-only (connecting to a unix socket does not need a writable mount).
 * ``cap_drop=ALL``, ``no-new-privileges``, Docker's default seccomp profile
   (never ``seccomp=unconfined``), a non-root user, ``init`` to reap zombies.
@@ -67,19 +68,25 @@ def container_options(
     user: tuple[int, int] = (SANDBOX_UID, SANDBOX_GID),
     workspace: Path | None = None,
     broker_socket: Path | None = None,
+    volume: str | None = None,
     name: str | None = None,
     created: float | None = None,
 ) -> ContainerOptions:
     """Everything ``create_container`` needs for one hardened agent container.
 
     ``workspace`` and ``broker_socket`` are host paths to bind-mount; the
-    remote backend passes neither (it copies files and tunnels the broker).
+    remote backend passes neither (it copies files and tunnels the broker) but
+    the name of the run's ``volume``, mounted at ``/workspace``.
     """
+    if workspace is not None and volume is not None:
+        raise ValueError("the workspace is a bind mount or a volume, not both")
     uid, gid = user
     size = config.tmpfs_size
     mounts: list[Mount] = []
     if workspace is not None:
         mounts.append(Mount(target=WORKSPACE, source=str(workspace), type="bind", read_only=False))
+    if volume is not None:
+        mounts.append(Mount(target=WORKSPACE, source=volume, type="volume", read_only=False))
     if broker_socket is not None:
         mounts.append(Mount(target=BROKER_SOCKET, source=str(broker_socket), type="bind", read_only=True))
 

@@ -121,6 +121,11 @@ def input_hash(inputs: dict[str, Path], base_image: str) -> str:
     return h.hexdigest()[:32]
 
 
+def expected_hash(base_image: str | None = None) -> str:
+    """The fingerprint ``ensure_image`` would label the image with; needs no engine."""
+    return input_hash(build_inputs(), base_image or DEFAULT_BASE_IMAGE)
+
+
 def _docker_errors():
     import docker.errors
 

@@ -2,14 +2,12 @@
 
 The container is created with ``stdin_open`` and ``stdin_once`` and attached
 *before* it starts, so no output is lost. The attach connection is a raw
-(hijacked) socket: we write the agent's stdin to it, half-close it to send
-EOF, and read Docker's multiplexed output — frames of an 8-byte header
-``[stream, 0, 0, 0, size (big endian u32)]`` followed by ``size`` bytes, where
-stream 1 is stdout and 2 is stderr.
+(hijacked) socket — plain, or TLS for a remote engine (``stream.AsyncSocket``):
+we write the agent's stdin to it, half-close it to send EOF, and read Docker's
+multiplexed output (``stream.docker_frames``: stream 1 is stdout, 2 stderr).
 
-Everything runs on the event loop (``loop.sock_recv`` / ``loop.sock_sendall``
-on the non-blocking socket); only short docker API calls (kill, wait, inspect)
-go to a thread.
+Everything runs on the event loop; only short docker API calls (kill, wait,
+inspect) go to a thread.
 
 Stdout is buffered up to ``STDOUT_BUFFER_BYTES`` for the reader of
 ``stdout_lines``; past that, reading pauses (back-pressure, as with a pipe)
@@ -22,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import ssl
-import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -32,37 +27,33 @@ import docker.errors
 import requests.exceptions
 
 from executors.base import AgentProcess, ExecResult
+from executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
 from fsrlm.errors import SandboxError
 
 logger = logging.getLogger(__name__)
 
 STDOUT_BUFFER_BYTES = 64 * 1024 * 1024
+STDOUT_LINE_LIMIT = 64 * 1024 * 1024  # as the local executor's
 STDERR_TAIL_BYTES = 16 * 1024
-_RECV = 256 * 1024
-_HEADER = struct.Struct(">BxxxL")
-
-
-def raw_socket(attached) -> socket.socket:
-    """The plain socket under what ``APIClient.attach_socket`` returned."""
-    sock = attached if isinstance(attached, socket.socket) else getattr(attached, "_sock", None)
-    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
-        raise SandboxError(
-            "The docker executor needs a local Docker engine (unix socket or plain TCP); "
-            "for a remote or TLS engine use the remote-docker executor."
-        )
-    return sock
 
 
 class DockerAgentProcess(AgentProcess):
     """One agent container's streams and lifetime. Create it with ``attach`` + ``start`` done by the sandbox."""
 
-    def __init__(self, api, container_id: str, attached, *, timeout_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        api,
+        container_id: str,
+        attached,
+        *,
+        timeout_seconds: float | None = None,
+        lost_after: int = 10,
+    ) -> None:
         self._api = api
         self.container_id = container_id
-        self._attached = attached  # keeps the HTTP response (and so the socket) alive
-        self._sock = raw_socket(attached)
-        self._sock.setblocking(False)
+        self._conn = AsyncSocket(attached)  # keeps the HTTP response (and so the socket) alive
         self._loop = asyncio.get_running_loop()
+        self._lost_after = lost_after  # failed attempts to reach the daemon before giving up
 
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stdout_buffered = 0
@@ -87,24 +78,12 @@ class DockerAgentProcess(AgentProcess):
     # -- output ---------------------------------------------------------------
 
     async def _pump(self) -> None:
-        buf = bytearray()
         try:
-            while True:
-                data = await self._loop.sock_recv(self._sock, _RECV)
-                if not data:
-                    break
-                buf += data
-                while len(buf) >= _HEADER.size:
-                    stream, size = _HEADER.unpack_from(buf)
-                    end = _HEADER.size + size
-                    if len(buf) < end:
-                        break
-                    payload = bytes(buf[_HEADER.size : end])
-                    del buf[:end]
-                    if stream == 1:
-                        await self._put_stdout(payload)
-                    elif stream == 2:
-                        self._add_stderr(payload)
+            async for stream, payload in docker_frames(self._conn):
+                if stream == STDOUT:
+                    await self._put_stdout(payload)
+                elif stream == STDERR:
+                    self._add_stderr(payload)
         except (OSError, ValueError) as e:  # connection reset, or socket closed by close()
             logger.debug("attach stream of %s ended: %s", self.container_id[:12], e)
         finally:
@@ -120,6 +99,10 @@ class DockerAgentProcess(AgentProcess):
         self._stdout_buffered += len(payload)
         self._stdout.put_nowait(payload)
 
+    def add_note(self, text: str) -> None:
+        """Append an fsRLM note to the stderr tail (e.g. why the broker became unreachable)."""
+        self._add_stderr(f"\nfsrlm: {text}\n".encode())
+
     def _add_stderr(self, payload: bytes) -> None:
         self._stderr_tail += payload
         if len(self._stderr_tail) > 2 * STDERR_TAIL_BYTES:
@@ -130,21 +113,35 @@ class DockerAgentProcess(AgentProcess):
         self._stdout_drained.set()
 
     async def stdout_lines(self) -> AsyncIterator[bytes]:
-        """Yield stdout one line at a time (without the newline); one reader only."""
+        """Yield stdout one line at a time (without the newline); one reader only.
+
+        Anything in the container can write to the agent's stdout (``/proc/1/fd/1``),
+        so a line longer than ``STDOUT_LINE_LIMIT`` is dropped, not gathered: the
+        orchestrator's memory stays bounded whatever the sandbox writes.
+        """
         pending = bytearray()
+        dropping = False  # inside an over-long line: skip to its end
         while True:
             chunk = await self._stdout.get()
             if chunk is None:
                 break
             self._stdout_buffered -= len(chunk)
             self._stdout_drained.set()
-            pending += chunk
             start = 0
-            while (nl := pending.find(b"\n", start)) != -1:
-                yield bytes(pending[start:nl])
+            while (nl := chunk.find(b"\n", start)) != -1:  # only the new bytes are searched
+                if not dropping:
+                    pending += chunk[start:nl]
+                    yield bytes(pending)
+                pending.clear()
+                dropping = False
                 start = nl + 1
-            del pending[:start]
-        if pending:
+            if not dropping:
+                pending += chunk[start:]
+                if len(pending) > STDOUT_LINE_LIMIT:
+                    logger.warning("agent stdout: dropped a line longer than %d bytes", STDOUT_LINE_LIMIT)
+                    pending.clear()
+                    dropping = True
+        if pending and not dropping:
             yield bytes(pending)
 
     @property
@@ -158,7 +155,7 @@ class DockerAgentProcess(AgentProcess):
             raise SandboxError("The agent's stdin is already closed.")
         async with self._write_lock:
             try:
-                await self._loop.sock_sendall(self._sock, data)
+                await self._conn.sendall(data)
             except OSError as e:
                 raise SandboxError(f"Cannot write to the agent's stdin (the container has stopped?): {e}") from e
 
@@ -167,8 +164,7 @@ class DockerAgentProcess(AgentProcess):
             return
         self._stdin_closed = True
         async with self._write_lock:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
+            self._conn.shutdown_write()
 
     # -- lifetime -------------------------------------------------------------
 
@@ -228,7 +224,7 @@ class DockerAgentProcess(AgentProcess):
                 continue  # still running although the stream ended: keep waiting (the timeout kills it)
             except requests.exceptions.ConnectionError as e:
                 failures += 1
-                if failures >= 10:
+                if failures >= self._lost_after:
                     raise SandboxError(f"Lost the Docker daemon while waiting for the agent container: {e}") from e
                 time.sleep(1.0)
                 continue
@@ -251,7 +247,4 @@ class DockerAgentProcess(AgentProcess):
         self._pump_task.cancel()
         with contextlib.suppress(BaseException):
             await self._pump_task
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        with contextlib.suppress(Exception):
-            self._attached.close()
+        self._conn.close()

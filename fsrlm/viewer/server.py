@@ -84,13 +84,12 @@ def create_app(settings: ViewerSettings) -> web.Application:
     app.on_shutdown.append(_stop_streams)
     app.router.add_get("/static/{name}", _static)
     app.router.add_get("/favicon.ico", _no_content)
+    app.router.add_get("/", _page)
     if is_run(root):
-        app.router.add_get("/", _page)
         app.router.add_get("/api/runs", _single_mode)
         app.router.add_get("/api/run", _run)
         app.router.add_get("/api/events", _events)
     else:
-        app.router.add_get("/", _page)
         app.router.add_get("/api/runs", _runs)
         app.router.add_get("/run/{name}", _add_slash)
         app.router.add_get("/run/{name}/", _page)

@@ -6,9 +6,16 @@
 # The relay's own output goes to the container's stderr, never to stdout:
 # stdout carries the CLI's JSON stream.
 #
+# On a remote Docker host (FSRLM_RELAY_MODE=tunnel) there is no socket: the
+# orchestrator starts the relay itself, as an exec carrying the connections
+# over its stdin/stdout (relay.py --tunnel-stdio). The entrypoint then only
+# waits for the relay's ready file before it execs the command.
+#
 # Environment: FSRLM_BROKER_SOCKET (default /run/fsrlm/broker.sock),
 #              FSRLM_RELAY_LISTEN (default 127.0.0.1:8080),
 #              FSRLM_RELAY_TIMEOUT seconds to wait for the relay (default 10),
+#              FSRLM_RELAY_MODE=unix (default) or tunnel,
+#              FSRLM_TUNNEL_READY the tunnel's ready file (default /tmp/.fsrlm-tunnel-ready),
 #              FSRLM_RELAY=0 to skip the relay entirely.
 set -u
 
@@ -28,6 +35,16 @@ fail() {
     printf 'fsrlm-entrypoint: %s\n' "$*" >&2
     exit 70
 }
+
+if [ "${FSRLM_RELAY_MODE:-unix}" = "tunnel" ]; then
+    ready_file="${FSRLM_TUNNEL_READY:-/tmp/.fsrlm-tunnel-ready}"
+    deadline=$((SECONDS + timeout))
+    until [ -e "$ready_file" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "the broker tunnel did not start within ${timeout}s"
+        sleep 0.01
+    done
+    exec "$@"
+fi
 
 fifo="$(mktemp -u /tmp/.fsrlm-relay.XXXXXXXX)" || fail "cannot make a temp name in /tmp"
 mkfifo -m 600 "$fifo" || fail "cannot create a fifo in /tmp (is /tmp writable?)"

@@ -20,32 +20,19 @@ outcomes into the table.
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fsrlm import RLM
-from fsrlm.results import RLMResult
 from fsrlm.testing.plans import script_plan
+from security_support import PREAMBLE, AttackRun, read_findings
 
 FINDING_KEY = "security_finding"
-
-# Prepended to every attack script: a findings dict saved to scratch/findings.json.
-PREAMBLE = textwrap.dedent("""
-    import json, os, sys
-    WS = os.environ.get("FSRLM_WORKSPACE", os.getcwd())
-    F = {}
-    def save():
-        with open(os.path.join(WS, "scratch", "findings.json"), "w") as fh:
-            json.dump(F, fh, default=str)
-""")
-
 
 class Finding:
     """One row of the SECURITY.md table; the test fills in ``observed``.
@@ -81,39 +68,22 @@ def finding(request: pytest.FixtureRequest) -> Callable[..., Finding]:
 # -- running attacks ---------------------------------------------------------------------
 
 
-@dataclass
-class AttackRun:
-    result: RLMResult
-    findings: dict[str, Any]
-
-    @property
-    def workspace(self) -> Path:
-        assert self.result.workspace_path is not None
-        return self.result.workspace_path
-
-
-def read_findings(result: RLMResult) -> dict[str, Any]:
-    if result.workspace_path is None:
-        return {}
-    path = result.workspace_path / "scratch" / "findings.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 @pytest.fixture
 def attack_run(docker_image, scripted, make_config) -> Callable[..., AttackRun]:
     """``attack_run(script, **config)``: run ``script`` as the root agent's job in the Docker sandbox.
 
     ``script`` is Python; ``PREAMBLE`` (``F`` dict, ``save()``) is prepended.
-    ``prompt``, ``question`` and ``executor`` may be given; the rest are config overrides.
+    ``prompt``, ``question``, ``executor`` (the type) and ``sandbox`` (more executor
+    settings, e.g. ``{"memory": "256m"}``) may be given; the rest are config overrides.
     """
 
     def run(script: str, *, prompt: Any = "input", question: str = "q", executor: str = "docker",
-            **overrides: Any) -> AttackRun:
+            sandbox: dict[str, Any] | None = None, **overrides: Any) -> AttackRun:
         scripted.plan = script_plan(PREAMBLE + textwrap.dedent(script))
-        result = RLM(make_config(executor, **overrides)).invoke(prompt, question=question)
+        config = make_config(executor, **overrides)
+        if sandbox:
+            config.executor = {"type": executor, **sandbox}  # validated on assignment
+        result = RLM(config).invoke(prompt, question=question)
         return AttackRun(result, read_findings(result))
 
     return run
@@ -184,13 +154,3 @@ def nothing_left_behind(tmp_path: Path) -> Iterator[None]:
         time.sleep(0.2)
     assert not containers, f"containers left behind: {containers}"
     assert not processes, f"agent processes left running: {processes}"
-
-
-def host_ip() -> str:
-    """An address of this host other than loopback (the route to the outside), if any."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"

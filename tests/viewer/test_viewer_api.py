@@ -348,9 +348,26 @@ def test_view_command_serves_a_run_and_stops_on_ctrl_c(recorded_run) -> None:
             snap = json.load(response)
             assert response.headers["Content-Security-Policy"] == CSP
         assert snap["run_id"] == recorded_run.path.name and len(snap["subcalls"]) == recorded_run.subcalls
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        with urllib.request.urlopen(url + "api/events?after=0", timeout=10) as stream:  # a page watching
+            assert stream.readline() == b"retry: 1000\n"
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        assert time.monotonic() - started < 5  # an open event stream does not hold the server up
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_prompt_preview_is_the_start_of_the_last_user_message() -> None:
+    from fsrlm.broker.subcalls import PROMPT_PREVIEW_CHARS, prompt_preview
+
+    assert prompt_preview([{"role": "user", "content": "x" * 2000}]) == "x" * PROMPT_PREVIEW_CHARS
+    assert prompt_preview([
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "second "}, {"type": "image"},
+                                     {"type": "text", "text": "part"}]},
+    ]) == "second part"
+    assert prompt_preview([{"role": "assistant", "content": "only"}]) is None

@@ -159,3 +159,19 @@ def test_page_updates_live_without_reload(recorded_run, start_viewer, open_page)
     assert page.locator("#timeline li.ev").count() == before + 2
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
     assert page.problems == []
+
+
+def test_folder_page_lists_runs_and_links_to_each(recorded_run, start_viewer, open_page) -> None:
+    run = recorded_run
+    page = open_page(start_viewer(run.path.parent))
+    link = page.locator(f"#runs a >> text={run.path.name}")
+    link.wait_for()
+    row = page.locator("#runs tr.run")
+    assert row.count() == 1
+    assert run.question in row.text_content() and "completed" in row.text_content()
+    link.click()
+    page.wait_for_url(f"**/run/{run.path.name}/")
+    wait_loaded(page)
+    assert page.text_content("#answer-text").strip() == str(run.expected)
+    assert page.locator("#subcalls tr.call").count() == run.subcalls
+    assert page.problems == []

@@ -474,7 +474,17 @@ async function main() {
   try {
     if (!/\/run\/[^/]+\/$/.test(location.pathname)) {
       const info = await getJSON("api/runs");
-      if (info.mode === "folder") return renderRunList(info);
+      if (info.mode === "folder") {
+        renderRunList(info);
+        setInterval(async () => {  // runs appear and finish while the page is open
+          try {
+            renderRunList(await getJSON("api/runs"));
+          } catch (err) {
+            console.warn("refresh failed", err);
+          }
+        }, 5000);
+        return;
+      }
     }
     await startRun();
   } catch (err) {
