@@ -281,7 +281,8 @@ def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, erro
     if result is None:
         tail = transport.exit.stderr_tail if transport.exit else ""
         code = transport.exit.exit_code if transport.exit else None
-        errors.append(f"the agent process ended without a result (exit code {code}). {tail}".strip())
+        oom = ", killed for lack of memory: raise executor.memory" if transport.exit and transport.exit.oom_killed else ""
+        errors.append(f"the agent process ended without a result (exit code {code}{oom}). {tail}".strip())
         return "sandbox_error"
     if result.subtype == "error_max_turns" or result.terminal_reason == "max_turns":
         errors.append(f"the agent used all {result.num_turns} turns (max_turns) before finishing")
