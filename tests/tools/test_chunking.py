@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
 import tracemalloc
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from support import TOOLS_DIR as TOOLS, load_tool
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fsrlm_tools_{name}", TOOLS / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ch = _load("chunking")
+ch = load_tool("chunking")
 
 ALPHABET = "abc \n\néü✓€😀日本"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import socket
@@ -12,26 +11,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from support import TOOLS_DIR as TOOLS, load_tool
 TOKEN = "run-token-123"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fsrlm_tools_{name}", TOOLS / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lc = _load("llm_client")
+lc = load_tool("llm_client")
 
 
 def _error(status: int, kind: str, message: str, limit: str | None = None) -> web.Response:
