@@ -42,6 +42,9 @@ demo: setup image
 bench: setup image
 	$(PY) -m benchmarks.perf
 
+security: setup image
+	$(PY) scripts/security-report.py $(PYTEST_ARGS)
+
 clean:
 	-$(FSRLM) gc
 	rm -rf build dist *.egg-info .pytest_cache

@@ -9,6 +9,7 @@ figures are the machinery's own cost, not a model's. Sections:
   runs     per-run overhead of each executor vs the bare CLI on the same script
   jobs     the DESIGN.md reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms) per executor
   parallel N concurrent runs per executor: throughput and failures
+  remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
 Usage: python -m benchmarks.perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
 """
@@ -293,7 +294,7 @@ def print_table(title: str, rows: list[Row]) -> None:
         print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + " |")
 
 
-SECTIONS = ("broker", "batch", "chunking", "runs", "jobs", "parallel")
+SECTIONS = ("broker", "batch", "chunking", "runs", "jobs", "parallel", "remote")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executors", default=None, help="default: local,docker (docker when the engine is up)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 1 GB input, no 1000-call batches")
     parser.add_argument("--json", action="store_true", help="print all tables as one JSON object")
+    parser.add_argument("--remote-host", default=None,
+                        help="Docker host for the remote section (default: a second dockerd on loopback, as root)")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     executors = args.executors.split(",") if args.executors else _default_executors()
@@ -325,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         results["reference jobs (DESIGN.md), subcall concurrency 16"] = bench_jobs(executors)
     if "parallel" in only:
         results["concurrent runs on this machine"] = bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16])
+
+    if "remote" in only and "docker" in executors:
+        if args.remote_host or os.geteuid() == 0:
+            from benchmarks.remote import bench_overhead, bench_transfer, remote_host
+
+            with remote_host(args.remote_host) as host:
+                results["remote-docker vs docker, trivial 2-turn run"] = bench_overhead(host, 3 if quick else 5)
+                results["remote-docker workspace transfer (in, then everything back)"] = bench_transfer(host, 100)
+        else:
+            print("(remote section skipped: give --remote-host, or run as root for a loopback dockerd)",
+                  file=sys.stderr)
 
     if args.json:
         print(json.dumps(results, indent=1))

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 LABEL_RUN_ID = "fsrlm.run-id"
 LABEL_CREATED = "fsrlm.created"
 LABEL_APP = "fsrlm"
+LABEL_ORCHESTRATOR = "fsrlm.orchestrator"  # executors/liveness.py: is the run still going?
 
 
 class BrokerEndpoint(BaseModel):

@@ -59,7 +59,7 @@ class RLM:
 
         ``on_event`` is called with every ``RLMEvent`` as it happens (see ``astream``).
         """
-        inp = RunInput(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
+        inp = RunInput.of(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
         return await run_rlm(self.config, inp, on_event=on_event)
 
     def invoke(
@@ -90,7 +90,7 @@ class RLM:
 
         Events of nested runs (``rlm_query``) are included, with their own ``run_id``.
         """
-        inp = RunInput(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
+        inp = RunInput.of(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
         async for event in _events_of(lambda sink: run_rlm(self.config, inp, on_event=sink)):
             yield event
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, SystemMessage, query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from executors.base import SandboxSpec
 from executors.registry import create_executor
@@ -28,7 +28,7 @@ from fsrlm.events import EventLog, Subscriber
 from fsrlm.prompts import InputSummary, first_message, system_append
 from fsrlm.results import RLMResult, RunMetrics, StopReason
 from fsrlm.runstate import RunState, RunStateStore
-from fsrlm.workspace import InputLike, Workspace
+from fsrlm.workspace import INLINE_LIMIT, InputLike, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,16 @@ class RunInput(BaseModel):
     system: str | None = None
     question: str | None = None
     attachments: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, **fields: Any) -> RunInput:
+        """Build from a caller's arguments; a value of the wrong type is an ``InputError``."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"invalid {where}: {first['msg']}") from None
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -78,12 +88,14 @@ def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) ->
             size = ws.write_prompt(inp.prompt)
         if size == 0:
             raise InputError("the input is empty; give the text or file to work on")
+        head, tail = ws.input_preview(size)
+        if size <= INLINE_LIMIT and not head.strip():  # a file or stream of only whitespace, as for a str
+            raise InputError("the input is empty (only whitespace); give the text or file to work on")
         if question:
             ws.write_text("input/question.md", question)
         if inp.system:
             ws.write_text("input/system.md", inp.system)
         attachments = ws.write_attachments(inp.attachments) if inp.attachments else []
-        head, tail = ws.input_preview(size)
     except BaseException:
         ws.remove()
         raise
@@ -131,6 +143,9 @@ async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | Non
     """Continue an interrupted run in its own workspace: same conversation, spent limits kept."""
     ws = Workspace.open(workspace)
     state = RunStateStore(config.effective_cache_dir).load(ws.run_id)
+    if state.workspace.resolve() != ws.root:  # the run id came from the agent-writable job.json
+        raise WorkspaceError(f"the host-side record of run {ws.run_id} belongs to {state.workspace}, not to "
+                             f"{ws.root}; resume that folder instead")
     if state.session_id is None:
         raise WorkspaceError(f"run {ws.run_id} stopped before the agent started; start it again instead")
     executor = await _preflight(config)
@@ -237,6 +252,11 @@ async def _execute(
         try:
             if sandbox is not None:
                 await sandbox.close()
+        except SandboxError as e:  # e.g. a remote Docker host gone: the run still gets a result
+            logger.warning("run %s: %s", run_id, e)
+            errors.append(str(e))
+            if stop == "completed":
+                stop = "sandbox_error"
         finally:
             await broker.stop()
             state = RunState.of(broker.ledger, run_id=run_id, workspace=ws.root, session_id=session_id)
@@ -281,7 +301,9 @@ def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, erro
     if result is None:
         tail = transport.exit.stderr_tail if transport.exit else ""
         code = transport.exit.exit_code if transport.exit else None
-        oom = ", killed for lack of memory: raise executor.memory" if transport.exit and transport.exit.oom_killed else ""
+        oom = ""
+        if transport.exit and transport.exit.oom_killed:
+            oom = ", killed for lack of memory: raise executor.memory"
         errors.append(f"the agent process ended without a result (exit code {code}{oom}). {tail}".strip())
         return "sandbox_error"
     if result.subtype == "error_max_turns" or result.terminal_reason == "max_turns":

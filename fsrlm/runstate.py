@@ -60,6 +60,7 @@ class RunStateStore:
         return self.directory / f"{run_id}.json"
 
     def save(self, state: RunState) -> None:
+        tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
@@ -67,7 +68,9 @@ class RunStateStore:
                 f.write(state.model_dump_json())
             os.replace(tmp, self.path(state.run_id))
         except OSError:
-            pass  # losing the resume record must never fail the run itself
+            # Losing the resume record must never fail the run itself; a disk-full write leaves no temp file.
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def load(self, run_id: str) -> RunState:
         try:

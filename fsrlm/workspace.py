@@ -30,6 +30,7 @@ PREVIEW_HEAD = 3000
 PREVIEW_TAIL = 1500
 LAYOUT = ("input/attachments", "state", "cache/llm", "scratch/scripts", "output", "tools", ".agent")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # what new_run_id makes: no dots, no slashes
 
 InputLike = str | bytes | os.PathLike | IO[bytes] | IO[str]
 
@@ -100,11 +101,17 @@ class Workspace:
 
     @classmethod
     def open(cls, root: Path) -> Workspace:
+        """An existing run folder. Its state/job.json was writable by the agent: nothing in it is trusted."""
         root = root.expanduser().resolve()
-        job = root / "state" / "job.json"
-        if not job.is_file():
+        text = read_text_beneath(root, "state/job.json", 1 << 20) if root.is_dir() else None
+        if text is None:
             raise WorkspaceError(f"{root} is not an fsRLM run folder (no state/job.json)")
-        run_id = json.loads(job.read_text()).get("run_id") or root.name
+        try:
+            run_id = json.loads(text).get("run_id") or root.name
+        except (ValueError, AttributeError):
+            raise WorkspaceError(f"{root}/state/job.json is not a JSON object") from None
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise WorkspaceError(f"{root}/state/job.json names no valid run id (got {str(run_id)[:80]!r})")
         return cls(root, run_id, owned=False)
 
     def _install_template(self) -> None:

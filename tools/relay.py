@@ -348,10 +348,10 @@ async def tunnel_stdio(host: str, port: int, ready_file: str | None = None) -> N
             await mux.dispatch(channel, kind, payload)
     server = await asyncio.start_server(mux.accept, host, port, limit=_READ, reuse_address=True, backlog=1024)
     try:
-        await mux.send_frame(0, HELLO, VERSION)
         if ready_file:
             fd = os.open(ready_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             os.close(fd)
+        await mux.send_frame(0, HELLO, VERSION)
         print("relay ready (tunnel)", file=sys.stderr, flush=True)
         while data := await stdin.read(_READ):
             for channel, kind, payload in frames.feed(data):

@@ -24,6 +24,7 @@ container produced into the host run folder. It treats the archive as hostile:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -225,7 +226,8 @@ def _relative(name: str, strip: str | None) -> str | None:
     return "/".join(parts) or None
 
 
-def _open_parent(root: Path, rel: str) -> tuple[int, str]:
+@contextlib.contextmanager
+def _parent(root: Path, rel: str) -> Iterator[tuple[int, str]]:
     """A descriptor of ``rel``'s folder and its last name; folders on the way are made, links never followed."""
     parent, _, name = rel.rpartition("/")
     fd = os.open(root, _DIR_FLAGS)
@@ -238,16 +240,15 @@ def _open_parent(root: Path, rel: str) -> tuple[int, str]:
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        return fd, name
-    except BaseException:
+        yield fd, name
+    finally:
         os.close(fd)
-        raise
 
 
 def _write_file(root: Path, rel: str, src, size: int, mode: int) -> None:
-    dir_fd, name = _open_parent(root, rel)
-    tmp = f".{name[:100]}.{secrets.token_hex(6)}.fsrlm-tmp"
-    try:
+    """Write ``size`` bytes of ``src`` to a temp name beside ``rel``, then rename it over ``rel``."""
+    with _parent(root, rel) as (dir_fd, name):
+        tmp = f".{name[:100]}.{secrets.token_hex(6)}.fsrlm-tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
@@ -258,48 +259,32 @@ def _write_file(root: Path, rel: str, src, size: int, mode: int) -> None:
                         raise ArchiveError(f"the archive ends inside {rel}")
                     out.write(block)
                     left -= len(block)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a link, never follows it
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
             raise
-    finally:
-        os.close(dir_fd)
 
 
 def _make_dir(root: Path, rel: str, mode: int) -> None:
-    dir_fd, name = _open_parent(root, rel)
-    try:
+    with _parent(root, rel) as (dir_fd, name):
         try:
             os.mkdir(name, mode, dir_fd=dir_fd)
         except FileExistsError:
             if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise OSError(errno.ENOTDIR, "exists and is not a folder") from None
-    finally:
-        os.close(dir_fd)
 
 
 def _make_symlink(root: Path, rel: str, target: str) -> None:
-    dir_fd, name = _open_parent(root, rel)
-    try:
+    with _parent(root, rel) as (dir_fd, name):
         try:
             os.symlink(target, name, dir_fd=dir_fd)
         except FileExistsError:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if not stat.S_ISLNK(st.st_mode):
+            if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise OSError(errno.EEXIST, "exists and is not a link") from None
             if os.readlink(name, dir_fd=dir_fd) != target:
                 os.unlink(name, dir_fd=dir_fd)
                 os.symlink(target, name, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class _Empty:
-    def read(self, n: int = -1) -> bytes:
-        return b""
 
 
 class _Extractor:
@@ -320,15 +305,15 @@ class _Extractor:
             raise ArchiveError(f"the archive holds more than {self.max_bytes} bytes (executor.max_collect_bytes)")
 
     def data(self, tar: tarfile.TarFile, member: tarfile.TarInfo):
-        return tar.extractfile(member) or _Empty()
+        src = tar.extractfile(member)
+        assert src is not None  # a regular file
+        return src
 
-    def drain(self, src, size: int) -> None:
-        self.reader.in_data = True
-        try:
-            while size > 0 and (block := src.read(min(CHUNK, size))):
-                size -= len(block)
-        finally:
-            self.reader.in_data = False
+    def skip_data(self, member: tarfile.TarInfo) -> None:
+        """Read past what is left of ``member``'s data (counted as data, not header)."""
+        end = member.offset_data + member.size
+        if self.reader.tell() < end:
+            self.reader.seek(end)
 
     def run(self, chunks: Iterable[bytes]) -> ExtractReport:
         self.reader._chunks = iter(chunks)
@@ -350,8 +335,8 @@ class _Extractor:
                 if why:
                     self.report.rejected.append(f"{rel}: {why}")
                     logger.warning("not copied back: %s: %s", rel, why)
-                    if member.size and member.isreg():
-                        self.drain(self.data(tar, member), member.size)
+                if member.isreg():
+                    self.skip_data(member)
         except tarfile.TarError as e:
             raise ArchiveError(f"the archive from the sandbox is not a valid tar stream: {e}") from None
         return self.report
@@ -364,7 +349,6 @@ class _Extractor:
                     return "sparse files are not copied back"
                 if self.keep is not None and self.keep(rel):
                     self.report.kept.append(rel)
-                    self.drain(self.data(tar, member), member.size)
                     return None
                 self.reader.in_data = True
                 try:

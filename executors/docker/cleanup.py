@@ -1,9 +1,12 @@
 """Remove what runs left behind, found by label.
 
 Every container and volume a run creates carries ``fsrlm=1``,
-``fsrlm.run-id=<run id>`` and ``fsrlm.created=<unix time>``
-(``hardening.run_labels``). ``remove_run`` removes one run's leftovers at the
-end of that run; ``gc`` removes those of runs whose orchestrator crashed.
+``fsrlm.run-id=<run id>``, ``fsrlm.created=<unix time>`` and
+``fsrlm.orchestrator`` (``hardening.run_labels``). ``remove_run`` removes one
+run's leftovers at the end of that run; ``gc`` removes those of runs whose
+orchestrator crashed: at once when the label shows the orchestrator is gone,
+by age (``older_than``) when that cannot be told (a label from another machine,
+or none), and those of a running orchestrator only past an explicit age.
 
 Functions here are blocking (docker SDK calls); run them in a thread from async code.
 """
@@ -15,7 +18,8 @@ import time
 
 import docker.errors
 
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
+from executors.liveness import orchestrator_alive
 from fsrlm.errors import SandboxError
 
 logger = logging.getLogger(__name__)
@@ -28,11 +32,22 @@ def _created(labels: dict[str, str], fallback: float) -> float:
         return fallback
 
 
+def _keep(labels: dict[str, str], older_than: float | None, now: float) -> bool:
+    """gc's rule (``older_than`` None: remove_run, which removes its own run's objects unconditionally)."""
+    if older_than is None:
+        return False
+    young = now - _created(labels, now) < older_than
+    alive = orchestrator_alive(labels.get(LABEL_ORCHESTRATOR, ""))
+    if alive is None:
+        return young
+    return alive and (young or older_than <= 0)
+
+
 def _remove_containers(client, filters: dict, older_than: float | None, now: float) -> list[str]:
     removed = []
     for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         labels = container.labels or {}
-        if older_than is not None and now - _created(labels, now) < older_than:
+        if _keep(labels, older_than, now):
             continue
         try:
             container.remove(force=True, v=True)
@@ -46,7 +61,7 @@ def _remove_volumes(client, filters: dict, older_than: float | None, now: float)
     removed = []
     for volume in client.volumes.list(filters=filters):
         labels = volume.attrs.get("Labels") or {}
-        if older_than is not None and now - _created(labels, now) < older_than:
+        if _keep(labels, older_than, now):
             continue
         try:
             volume.remove(force=True)
@@ -69,10 +84,14 @@ def remove_run(client, run_id: str) -> list[str]:
 
 
 def gc(client, older_than_seconds: float = 0.0) -> list[str]:
-    """Remove fsRLM containers and volumes created more than ``older_than_seconds`` ago.
+    """Remove fsRLM containers and volumes left by runs whose orchestrator is gone.
 
-    Running containers of live runs are removed too when they are old enough:
-    choose the age accordingly (longer than any run's timeout).
+    Objects whose orchestrator label shows it gone are removed whatever their age.
+    Objects whose orchestrator cannot be checked (made on another machine, or
+    unlabelled) are removed when created more than ``older_than_seconds`` ago.
+    Objects of an orchestrator still running on this machine are kept, unless a
+    positive ``older_than_seconds`` is given and they are older: so a plain
+    ``fsrlm gc`` never kills a live run.
     """
     filters = {"label": f"{LABEL_APP}=1"}
     try:

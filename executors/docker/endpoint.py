@@ -7,7 +7,7 @@ engine. TLS comes with the host: ``executor.tls_verify`` / ``executor.cert_path`
 or ``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH`` (``ca.pem``, ``cert.pem``,
 ``key.pem``; default folder ``~/.docker``), or a context's own TLS material.
 
-``connect`` pings the engine with a short timeout and turns every way that can
+``connect`` asks the engine for its API version with a short timeout and turns every way that can
 fail (refused, TLS, timeout, ssh) into one ``ExecutorUnavailable`` line that
 names the host and what to check. ``ssh://`` hosts go through ``SSHDialer``: the
 docker SDK then talks to a private local unix socket, so attach and exec
@@ -101,17 +101,19 @@ def resolve_endpoint(config: RemoteDockerExecutorConfig, environ: Mapping[str, s
 
 
 def docker_client(endpoint: Endpoint, *, timeout: float):
-    """A docker SDK client for ``endpoint`` (not yet pinged)."""
+    """A docker SDK client for ``endpoint``, its API version agreed with the engine."""
     import docker
+    from docker.constants import DEFAULT_DOCKER_API_VERSION, MINIMUM_DOCKER_API_VERSION
     from docker.tls import TLSConfig
+    from docker.utils import version_lt
 
     host = endpoint.host
+    tls = None
     if host.startswith("ssh://"):
         from executors.docker.sshdial import SSHDialer
 
-        return docker.DockerClient(base_url=f"unix://{SSHDialer.shared(host).socket_path}", timeout=timeout)
-    tls = None
-    if endpoint.tls_dir is not None:
+        host = f"unix://{SSHDialer.shared(host).socket_path}"
+    elif endpoint.tls_dir is not None:
         missing = [name for name in _TLS_FILES if not (endpoint.tls_dir / name).is_file()]
         if missing:
             raise ExecutorUnavailable(
@@ -121,7 +123,18 @@ def docker_client(endpoint: Endpoint, *, timeout: float):
         d = endpoint.tls_dir
         tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
                         ca_cert=str(d / "ca.pem") if endpoint.tls_verify else None, verify=endpoint.tls_verify)
-    return docker.DockerClient(base_url=host, tls=tls, timeout=timeout)
+    # A fixed version makes no request yet; the real one is agreed below.
+    client = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
+    if tls is not None:
+        # requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the host's CA (requests#3829).
+        client.api.trust_env = False
+    try:
+        server = client.api.version(api_version=False)["ApiVersion"]
+    except BaseException:
+        client.close()
+        raise
+    client.api._version = server if version_lt(server, DEFAULT_DOCKER_API_VERSION) else DEFAULT_DOCKER_API_VERSION
+    return client
 
 
 def explain(endpoint: Endpoint, e: BaseException, timeout: float) -> str:
@@ -154,17 +167,12 @@ def explain(endpoint: Endpoint, e: BaseException, timeout: float) -> str:
 
 
 def connect(endpoint: Endpoint, *, ping_timeout: float, api_timeout: float = 300.0):
-    """A client whose engine answered a ping within ``ping_timeout``; or ExecutorUnavailable."""
+    """A client whose engine answered within ``ping_timeout``; or ExecutorUnavailable."""
     try:
-        client = docker_client(endpoint, timeout=ping_timeout)
+        client = docker_client(endpoint, timeout=ping_timeout)  # asks the engine for its version
     except ExecutorUnavailable:
         raise
-    except Exception as e:  # noqa: BLE001 - bad URLs, TLS files
-        raise ExecutorUnavailable(explain(endpoint, e, ping_timeout)) from None
-    try:
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - requests, docker and ssl errors alike
-        client.close()
+    except Exception as e:  # noqa: BLE001 - bad URLs, TLS files, requests, docker and ssl errors alike
         raise ExecutorUnavailable(explain(endpoint, e, ping_timeout)) from None
     client.api.timeout = api_timeout  # later calls (image load, archives) may take long
     return client

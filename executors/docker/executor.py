@@ -40,14 +40,14 @@ _FORBIDDEN_PREFIXES = ("AWS_",)
 _FORBIDDEN_VARS = ("CLAUDE_CODE_OAUTH_TOKEN",)
 
 
-def _connect(timeout: float = 120.0):
-    """A docker client that answered a ping, or ExecutorUnavailable saying how to fix it."""
+def _connect(timeout: float = 120.0, environment: dict[str, str] | None = None):
+    """A docker client of the local engine that answered a ping, or ExecutorUnavailable saying how to fix it."""
     try:
         import docker
     except ImportError as e:  # pragma: no cover - docker is a dependency
         raise ExecutorUnavailable("The docker Python package is missing; `pip install docker`.") from e
     try:
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=timeout, environment=environment)
         client.ping()
         return client
     except Exception as e:  # noqa: BLE001 - from_env/ping raise DockerException, OSError, requests errors
@@ -213,7 +213,8 @@ class DockerSandbox(Sandbox):
         except Exception as e:
             raise self._error("attach to the agent container", e) from e
         process = DockerAgentProcess(api, container_id, attached, timeout_seconds=self._spec.timeout_seconds,
-                                     lost_after=self._lost_after)
+                                     lost_after=self._lost_after, kill_when_detached=self._remote,
+                                     engine=self._engine_name())
         self._processes.append(process)
         try:
             await asyncio.to_thread(api.start, container_id)
@@ -226,6 +227,7 @@ class DockerSandbox(Sandbox):
     # -- hooks of the remote sandbox (executors/docker/remote.py) ---------------------
 
     _lost_after = 10  # failed attempts to reach the daemon before a running agent counts as lost
+    _remote = False  # streams cross a network: a broken stream means the agent is lost
 
     def _container_options(self, command: list[str], environment: dict[str, str], name: str):
         return hardening.container_options(
@@ -266,6 +268,9 @@ class DockerSandbox(Sandbox):
 
     def _fix(self) -> str:
         return f"is the Docker daemon up? ({_FIX})"
+
+    def _engine_name(self) -> str:
+        return "the Docker daemon"
 
     @staticmethod
     def _create(api, options: hardening.ContainerOptions) -> str:

@@ -29,8 +29,9 @@ from typing import Any
 
 from docker.types import Mount
 
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
 from executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
+from executors.liveness import orchestrator_id
 
 WORKSPACE = "/workspace"
 HOME = "/home/sandbox"
@@ -55,6 +56,7 @@ def run_labels(run_id: str, created: float | None = None) -> dict[str, str]:
         LABEL_APP: "1",
         LABEL_RUN_ID: run_id,
         LABEL_CREATED: str(int(created if created is not None else time.time())),
+        LABEL_ORCHESTRATOR: orchestrator_id(),
     }
 
 

@@ -48,12 +48,18 @@ class DockerAgentProcess(AgentProcess):
         *,
         timeout_seconds: float | None = None,
         lost_after: int = 10,
+        kill_when_detached: bool = False,
+        engine: str = "the Docker daemon",
     ) -> None:
         self._api = api
         self.container_id = container_id
         self._conn = AsyncSocket(attached)  # keeps the HTTP response (and so the socket) alive
         self._loop = asyncio.get_running_loop()
         self._lost_after = lost_after  # failed attempts to reach the daemon before giving up
+        # Over a network the stream can break while the agent runs: then stop it rather than wait.
+        self._kill_when_detached = kill_when_detached
+        self._engine = engine  # for messages
+        self._lost = False  # the engine stopped answering: nothing more can be done through it
 
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stdout_buffered = 0
@@ -145,6 +151,11 @@ class DockerAgentProcess(AgentProcess):
             yield bytes(pending)
 
     @property
+    def running(self) -> bool:
+        """Whether the attach stream is still open (the container has not exited)."""
+        return not self._pump_task.done()
+
+    @property
     def stderr_tail(self) -> str:
         return bytes(self._stderr_tail[-STDERR_TAIL_BYTES:]).decode("utf-8", errors="replace")
 
@@ -183,7 +194,7 @@ class DockerAgentProcess(AgentProcess):
     async def kill(self) -> None:
         """SIGKILL the container (its init, so every process in it); safe to call more than once."""
         self._stop_backpressure()
-        if self._result is not None:
+        if self._result is not None or self._lost:
             return
         try:
             await asyncio.to_thread(self._api.kill, self.container_id)
@@ -193,6 +204,8 @@ class DockerAgentProcess(AgentProcess):
         except docker.errors.APIError as e:
             if e.status_code != 409:  # 409: not running any more
                 raise SandboxError(f"Cannot kill container {self.container_id[:12]}: {e.explanation or e}") from e
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as e:
+            raise SandboxError(f"Cannot kill container {self.container_id[:12]} (Docker unreachable?): {e}") from e
 
     async def wait(self) -> ExecResult:
         """Wait for the container to exit; the result is cached."""
@@ -201,6 +214,11 @@ class DockerAgentProcess(AgentProcess):
                 return self._result
             self._stop_backpressure()
             await asyncio.wait({self._pump_task})  # the stream ends when the container exits
+            if self._kill_when_detached and not self._killed and not await asyncio.to_thread(self._exits_soon):
+                self.add_note("the connection to the agent's container broke while it was running "
+                              "(network or Docker host trouble); it was stopped")
+                with contextlib.suppress(SandboxError):
+                    await self.kill()
             state = await asyncio.to_thread(self._exit_state)
             if self._deadline is not None:
                 self._deadline.cancel()
@@ -211,6 +229,14 @@ class DockerAgentProcess(AgentProcess):
             self._result = ExecResult(exit_code=exit_code, killed=self._killed, oom_killed=oom_killed, stderr_tail=tail)
             return self._result
 
+    def _exits_soon(self, seconds: float = 2.0) -> bool:
+        """Blocking: False when the container is still running ``seconds`` after its stream ended."""
+        try:
+            self._api.wait(self.container_id, timeout=seconds)
+        except Exception as e:  # noqa: BLE001 - gone, or the daemon unreachable: _exit_state reports it
+            return not _read_timeout(e)
+        return True
+
     def _exit_state(self) -> tuple[int | None, bool, str]:
         """Blocking: wait until the container is not running, then read its state."""
         failures = 0
@@ -220,12 +246,14 @@ class DockerAgentProcess(AgentProcess):
                 info = self._api.inspect_container(self.container_id)
             except docker.errors.NotFound:
                 return None, False, "fsrlm: the container was removed before its exit status was read"
-            except requests.exceptions.ReadTimeout:
-                continue  # still running although the stream ended: keep waiting (the timeout kills it)
-            except requests.exceptions.ConnectionError as e:
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
+                if _read_timeout(e):
+                    continue  # still running although the stream ended: keep waiting (the timeout kills it)
                 failures += 1
                 if failures >= self._lost_after:
-                    raise SandboxError(f"Lost the Docker daemon while waiting for the agent container: {e}") from e
+                    self._lost = True
+                    raise SandboxError(f"Lost {self._engine} while waiting for the agent container "
+                                       f"{self.container_id[:12]}: {e}") from e
                 time.sleep(1.0)
                 continue
             except docker.errors.DockerException as e:
@@ -248,3 +276,17 @@ class DockerAgentProcess(AgentProcess):
         with contextlib.suppress(BaseException):
             await self._pump_task
         self._conn.close()
+
+
+def _read_timeout(e: BaseException) -> bool:
+    """A read that timed out (the container is still running), not a lost connection.
+
+    ``/containers/{id}/wait`` answers its headers at once and its body when the
+    container exits, so a timeout surfaces while reading the body, where
+    requests reports it as a ``ConnectionError`` wrapping urllib3's ``ReadTimeoutError``.
+    """
+    import urllib3.exceptions
+
+    if isinstance(e, requests.exceptions.ReadTimeout):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in getattr(e, "args", ()))

@@ -48,6 +48,7 @@ class RemoteDockerSandbox(DockerSandbox):
     """One run on a remote engine: a volume, the agent container, its broker tunnel."""
 
     _lost_after = 3
+    _remote = True
 
     def __init__(self, client, config: RemoteDockerExecutorConfig, spec: SandboxSpec, image: str, *,
                  endpoint: Endpoint) -> None:
@@ -57,12 +58,16 @@ class RemoteDockerSandbox(DockerSandbox):
         self._volume_made = False
         self._packer: WorkspacePacker | None = None
         self._tunnels: list[BrokerTunnel] = []
+        self._watchers: set[asyncio.Task[None]] = set()
         self._collected = False
         #: what moved over the wire: bytes and seconds each way (for benchmarks and logs)
         self.transfer: dict[str, float] = {}
 
     def _fix(self) -> str:
         return f"is the Docker host {self._endpoint.label} reachable?"
+
+    def _engine_name(self) -> str:
+        return f"the Docker host {self._endpoint.host}"
 
     def _gc_command(self) -> str:
         return f"fsrlm gc --host {self._endpoint.host}"
@@ -86,9 +91,26 @@ class RemoteDockerSandbox(DockerSandbox):
 
     async def _started(self, container_id: str, process: DockerAgentProcess) -> None:
         tunnel = BrokerTunnel(self._client.api, container_id, self._spec.broker.unix_socket,
-                              user=f"{self._user[0]}:{self._user[1]}", on_lost=process.add_note)
+                              user=f"{self._user[0]}:{self._user[1]}",
+                              on_lost=lambda reason: self._tunnel_lost(process, reason))
         self._tunnels.append(tunnel)
         await tunnel.start()
+
+    def _tunnel_lost(self, process: DockerAgentProcess, reason: str) -> None:
+        """The tunnel ended: normal when the agent exits; otherwise the agent is cut off from the broker."""
+
+        async def check() -> None:
+            await asyncio.sleep(1.0)  # the agent's own stream ends at about the same time when it exits
+            if process.running and not self._closed:
+                logger.warning("run %s: %s; stopping the agent", self.run_id, reason)
+                process.add_note(f"{reason}; the agent could not reach the broker any more, so it was stopped")
+                try:
+                    await process.kill()
+                except SandboxError as e:
+                    logger.warning("%s", e)
+
+        self._watchers.add(task := asyncio.ensure_future(check()))
+        task.add_done_callback(self._watchers.discard)
 
     # -- the workspace over the wire -------------------------------------------------
 
@@ -109,7 +131,7 @@ class RemoteDockerSandbox(DockerSandbox):
                            ", ".join(packer.skipped[:20]))
 
     def _host_changed(self, rel: str) -> bool:
-        """Whether the host wrote ``rel`` during the run (then its version is kept)."""
+        """Whether the host wrote the file ``rel`` during the run (then its version is kept)."""
         try:
             fd = open_beneath(self._spec.workspace, rel, os.O_PATH)
         except OSError:
@@ -118,10 +140,10 @@ class RemoteDockerSandbox(DockerSandbox):
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        sent = self._packer.sent.get(rel) if self._packer else None
         if not stat.S_ISREG(st.st_mode):
-            return True  # a folder or link where the archive has a file: leave the host's
-        return sent is None or sent != (st.st_size, st.st_mtime_ns)
+            return False  # a link is replaced (never followed); a folder in the way is refused
+        sent = self._packer.sent.get(rel) if self._packer else None
+        return sent != (st.st_size, st.st_mtime_ns)
 
     def _copy_back(self, container_id: str) -> None:
         start = time.monotonic()
@@ -172,6 +194,8 @@ class RemoteDockerSandbox(DockerSandbox):
         api._get(api._url("/_ping"), timeout=self._config.connect_timeout).raise_for_status()
 
     async def _before_remove(self, problems: list[str], reachable: bool) -> None:
+        for task in list(self._watchers):
+            task.cancel()
         for tunnel in self._tunnels:
             await tunnel.close()
         if not reachable:
@@ -216,12 +240,21 @@ class RemoteDockerExecutor(Executor):
             self._client = await asyncio.to_thread(
                 connect, self.endpoint, ping_timeout=timeout, api_timeout=(timeout, 300.0))
 
+    def _local_engine(self):
+        """The engine on this machine, to build and ship the image from (DOCKER_HOST may name the remote one)."""
+        env = dict(os.environ)
+        if self.endpoint.source == "DOCKER_HOST":
+            for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+                env.pop(name, None)
+        return _connect(environment=env)
+
     async def check(self) -> None:
         async with self._lock:
             await self._connect()
             if self._image is None:
                 self._image = await asyncio.to_thread(
-                    remote_image, self._client, _connect, image=self.config.image, host=self.endpoint.host)
+                    remote_image, self._client, self._local_engine, image=self.config.image,
+                    host=self.endpoint.host)
 
     async def prepare(self, spec: SandboxSpec) -> RemoteDockerSandbox:
         await self.check()

@@ -57,29 +57,35 @@ def remote_image(remote, local_client: Callable[[], object], *, image: str | Non
         with _build_lock(f"ship-{host}-{image}"):
             if _image_or_none(remote, image) is None:
                 local = _local(local_client, image, host)
-                if _image_or_none(local, image) is None:
-                    raise ImageError(f"Image {image} (executor.image) is neither on the Docker host {host} nor "
-                                     "on this machine; `docker load` or `docker pull` it on either.")
-                ship(local, remote, image)
+                try:
+                    if _image_or_none(local, image) is None:
+                        raise ImageError(f"Image {image} (executor.image) is neither on the Docker host {host} "
+                                         "nor on this machine; `docker load` or `docker pull` it on either.")
+                    ship(local, remote, image)
+                finally:
+                    local.close()
         return image
     tag, digest = default_tag(), expected_hash()
     existing = _image_or_none(remote, tag)
     if existing is not None and existing.labels.get(LABEL_IMAGE_HASH) == digest:
         return tag
-    with _build_lock(f"ship-{host}-{tag}"):
-        existing = _image_or_none(remote, tag)  # another process may have shipped it meanwhile
-        if existing is not None and existing.labels.get(LABEL_IMAGE_HASH) == digest:
-            return tag
-        logger.info("the Docker host %s %s %s; copying it there", host,
-                    "has a stale" if existing is not None else "lacks", tag)
-        local = _local(local_client, tag, host)
-        ensure_image(local, tag)
-        ship(local, remote, tag)
-        shipped = _image_or_none(remote, tag)
-        if shipped is None or shipped.labels.get(LABEL_IMAGE_HASH) != digest:
-            raise ImageError(f"After copying {tag} to {host} the image there is missing or unlabelled; retry.")
-        if existing is not None and existing.id != shipped.id:
-            _remove_quietly(remote, existing.id)
+    local = _local(local_client, tag, host)
+    try:
+        ensure_image(local, tag)  # takes the build lock itself: not inside ours
+        with _build_lock(f"ship-{host}-{tag}"):
+            existing = _image_or_none(remote, tag)  # another process may have shipped it meanwhile
+            if existing is not None and existing.labels.get(LABEL_IMAGE_HASH) == digest:
+                return tag
+            logger.info("the Docker host %s %s %s; copying it there", host,
+                        "has a stale" if existing is not None else "lacks", tag)
+            ship(local, remote, tag)
+            shipped = _image_or_none(remote, tag)
+            if shipped is None or shipped.labels.get(LABEL_IMAGE_HASH) != digest:
+                raise ImageError(f"After copying {tag} to {host} the image there is missing or unlabelled; retry.")
+            if existing is not None and existing.id != shipped.id:
+                _remove_quietly(remote, existing.id)
+    finally:
+        local.close()
     return tag
 
 

@@ -97,7 +97,9 @@ class SSHDialer:
         except OSError:
             pass
         finally:
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else ""
+            err = ""
+            with contextlib.suppress(OSError, ValueError):  # ValueError: close() got there first
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else ""
             if err:
                 self.last_error = err.splitlines()[-1]
                 logger.debug("ssh %s: %s", self.url, err)

@@ -118,7 +118,7 @@ class BrokerTunnel:
             self.ended.set()
             await self._mux.close()
         if not self._closing:
-            logger.warning("broker tunnel of %s closed: %s %s", self._container_id[:12], reason, self.stderr_tail)
+            logger.debug("broker tunnel of %s closed: %s %s", self._container_id[:12], reason, self.stderr_tail)
             if self._on_lost is not None:
                 self._on_lost(f"lost the broker tunnel: {reason}")
 

@@ -11,7 +11,10 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import shutil
+import socket
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +29,7 @@ from executors.base import BrokerEndpoint
 from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
+from fsrlm.broker.connections import limit_connections
 from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.upstreams.retry import with_retries
@@ -37,7 +41,10 @@ from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamE
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds of MB do not
+ROOT_CONCURRENCY = 4  # root-model calls in flight at once (the CLI makes one at a time)
+MAX_CONNECTIONS = 256  # plus 2 per subcall slot: open sockets the sandbox may hold (connections.py)
 ROOT_SCRIPT = "(root agent)"
+SOCKET_DIR_PREFIX = "fsrlm-broker-"  # in the temp dir; remove_stale_socket_dirs finds them
 # Response headers worth passing back to the CLI.
 _PASS_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "anthropic-ratelimit-requests-remaining")
 
@@ -79,6 +86,7 @@ class Broker:
         self.audit = AuditLog(settings.workspace, on_record)
         self.nested_runner = nested_runner
         self.fatal_errors: list[str] = []  # e.g. the upstream rejected our credentials
+        self._root_slots = asyncio.Semaphore(ROOT_CONCURRENCY)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._socket_dir: Path | None = None
@@ -111,7 +119,9 @@ class Broker:
             app.router.add_get("/fsrlm/v1/health", self._health)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await self._runner.setup()
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="fsrlm-broker-"))  # mode 0700
+            assert self._runner.server is not None
+            limit_connections(self._runner.server, MAX_CONNECTIONS + 2 * s.subcall_concurrency)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # mode 0700
             socket_path = self._socket_dir / "broker.sock"
             await web.UnixSite(self._runner, str(socket_path)).start()
             socket_path.chmod(0o600)
@@ -224,8 +234,17 @@ class Broker:
         return web.json_response(result)
 
     async def _root_call(self, request: web.Request) -> web.StreamResponse:
-        """Pass the CLI's model call through unchanged, counting its cost."""
+        """Pass the CLI's model call through unchanged, counting its cost.
+
+        At most ``ROOT_CONCURRENCY`` at once, each checking the budget when its turn
+        comes: a burst of root calls from the sandbox overruns the budget by at most
+        the calls in flight.
+        """
         data = await request.read()
+        async with self._root_slots:
+            return await self._root_call_in_slot(request, data)
+
+    async def _root_call_in_slot(self, request: web.Request, data: bytes) -> web.StreamResponse:
         model = request.match_info.get("model_id") or _model_of(data) or "unknown"
         started = time.perf_counter()
         try:
@@ -283,6 +302,44 @@ class Broker:
         ))
 
 
+def remove_stale_socket_dirs(min_age_seconds: float = 60.0) -> list[str]:
+    """Remove this user's broker socket folders whose broker is gone (a killed orchestrator's); return them.
+
+    A folder counts as stale when its socket refuses connections, or has no socket
+    and is older than ``min_age_seconds`` (a broker may be between making its
+    folder and listening).
+    """
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
+        try:
+            st = folder.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        alive = _listening(folder / "broker.sock")
+        if alive or (alive is None and time.time() - st.st_mtime < min_age_seconds):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
+    return removed
+
+
+def _listening(path: Path) -> bool | None:
+    """True: a broker answers there; False: the socket is dead; None: there is no socket."""
+    if not path.exists():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True  # busy (a full backlog) or unreadable: not ours to judge dead
+    return True
+
+
 class _RlmQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)
@@ -292,7 +349,7 @@ class _RlmQuery(BaseModel):
 def _model_of(data: bytes) -> str | None:
     try:
         value = json.loads(data).get("model")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return value if isinstance(value, str) else None
 

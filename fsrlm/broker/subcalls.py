@@ -5,7 +5,8 @@ Order of operations, which the tests pin down:
 1. validate the request (400) and fill in the run's submodel and token cap;
 2. look in the cache — a hit is answered at once, free, never refused;
 3. reserve a slot with the ledger (403 ``limit_exceeded`` when a cap is hit);
-4. call the upstream (bounded by ``subcall_concurrency``, retried by tenacity);
+4. call the upstream (bounded by ``subcall_concurrency``, the budget checked again once a
+   slot is free, retried by tenacity);
 5. charge the broker's own price, store in the cache, mirror into the workspace.
 """
 
@@ -136,6 +137,10 @@ class SubcallService:
 
         try:
             message = await self._upstream_call(body)
+        except LimitExceeded as e:  # the budget ran out while this call waited for a slot
+            self.ledger.release(reservation)
+            self._record(script, model, "refused", started, limit=e.limit, error=str(e), **record)
+            raise
         except UpstreamError as e:
             self.ledger.release(reservation)
             self._record(script, model, "error", started, error=str(e), **record)
@@ -173,6 +178,9 @@ class SubcallService:
             return response
 
         async with self._slots:
+            # Checked again once a slot is free: calls queued behind the slots were all admitted while
+            # nothing was charged yet, so without this a burst could overrun the budget without bound.
+            self.ledger.check_budget()
             try:
                 response = await with_retries(
                     attempt,

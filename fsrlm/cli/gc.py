@@ -9,16 +9,19 @@ import click
 
 from executors.configs import DockerExecutorConfig, LocalExecutorConfig, RemoteDockerExecutorConfig
 from executors.registry import create_executor
+from fsrlm.broker.server import remove_stale_socket_dirs
 from fsrlm.errors import ExecutorUnavailable
 
 
 @click.command()
 @click.option("--older-than", default=0.0, type=float, show_default=True,
-              help="Only remove leftovers older than this many seconds.")
+              help="Leftovers of a crashed orchestrator go at once; those whose orchestrator cannot be checked "
+                   "(another machine, older fsRLM) only when older than this many seconds, and with a value "
+                   "above 0 also those of runs still going.")
 @click.option("--host", help="Clean this remote Docker host (ssh://… or tcp://…) instead of this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def gc(older_than: float, host: str | None, as_json: bool) -> None:
-    """Remove sandbox containers, volumes and agent processes left by crashed runs (found by label)."""
+    """Remove sandbox containers, volumes, agent processes and broker sockets left by crashed runs."""
     configs = [RemoteDockerExecutorConfig(host=host)] if host else [LocalExecutorConfig(), DockerExecutorConfig()]
     removed: list[str] = []
     notes: list[str] = []
@@ -29,6 +32,8 @@ def gc(older_than: float, host: str | None, as_json: bool) -> None:
             if host:
                 raise
             notes.append(f"skipped {config.type}: {e}")
+    if not host:
+        removed += [f"broker socket {folder}" for folder in remove_stale_socket_dirs()]
     if as_json:
         click.echo(json.dumps({"removed": removed, "notes": notes}))
     else:

@@ -12,7 +12,10 @@ main daemon's (when it answers), so images load fast.
         daemon.url, daemon.env  # {"DOCKER_HOST": ..., "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": ...}
 
 ``stop`` ends the daemon (and the containerd it started), unmounts whatever
-it left mounted under its folder and removes the folder. Needs root.
+it left mounted under its folder and removes the folder. If the process that
+started it dies without stopping it (a killed test session), the daemon gets
+SIGTERM (``PR_SET_PDEATHSIG``), and the next ``start`` removes the folder it left.
+Needs root.
 """
 
 from __future__ import annotations
@@ -51,6 +54,45 @@ def _main_storage_driver() -> str | None:
             client.close()
     except Exception:  # noqa: BLE001 - no main daemon: let dockerd choose
         return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started the daemon dies."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _pid_alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def reap_stale(parent: Path = Path("/tmp")) -> list[Path]:
+    """Remove folders of second daemons whose dockerd is gone (their session was killed)."""
+    removed = []
+    for folder in parent.glob("fsrlm-dd-*"):
+        pid_file = folder / "started.pid"  # written by start(); dockerd removes its own pid file on exit
+        if not (folder / "daemon.json").is_file() or _pid_alive(pid_file):
+            continue
+        if not pid_file.exists() and time.time() - folder.stat().st_mtime < 120:
+            continue  # another session's daemon is just starting
+        if any(m.startswith(f"{folder}/") for m in _mounts()):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _mounts() -> list[str]:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split()[1].encode().decode("unicode_escape") for line in lines if len(line.split()) > 1]
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
@@ -143,19 +185,17 @@ class SecondDockerd:
         return env
 
     def client(self, timeout: float = 120.0):
-        import docker
-        from docker.tls import TLSConfig
+        """A docker SDK client of this daemon."""
+        from executors.docker.endpoint import Endpoint, docker_client
 
-        tls = None
-        if self.tls:
-            d = self.certs["client"]
-            tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")), ca_cert=str(d / "ca.pem"),
-                            verify=True)
-        return docker.DockerClient(base_url=self.url, tls=tls, timeout=timeout)
+        tls_dir = self.certs["client"] if self.tls else None
+        return docker_client(Endpoint(host=self.url, source="the test daemon", tls_dir=tls_dir), timeout=timeout)
 
     def start(self) -> SecondDockerd:
         if os.geteuid() != 0 or not shutil.which("dockerd"):
             raise RuntimeError("a second Docker daemon needs root and dockerd on PATH")
+        for stale in reap_stale():
+            logger.info("removed %s, left by a second dockerd whose session was killed", stale)
         self.dir = Path(tempfile.mkdtemp(prefix="fsrlm-dd-", dir="/tmp"))  # short: containerd socket paths
         self.port = free_port()
         (self.dir / "daemon.json").write_text("{}")  # never the machine's /etc/docker/daemon.json
@@ -173,8 +213,9 @@ class SecondDockerd:
                      "--tlskey", str(s / "key.pem")]
         log = open(self.dir / "dockerd.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         self._log = log
+        (self.dir / "started.pid").write_text(str(self._proc.pid))
         deadline = time.monotonic() + self.start_timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -235,12 +276,7 @@ class SecondDockerd:
 
     def _mounts_below(self) -> list[str]:
         prefix = str(self.dir) + "/"
-        try:
-            lines = Path("/proc/self/mounts").read_text().splitlines()
-        except OSError:
-            return []
-        mounts = [line.split()[1].encode().decode("unicode_escape") for line in lines if len(line.split()) > 1]
-        return sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True)
+        return sorted((m for m in _mounts() if m.startswith(prefix)), key=len, reverse=True)
 
     def __enter__(self) -> SecondDockerd:
         return self.start()

@@ -281,7 +281,7 @@ class ScriptedModelServer:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         kind: Kind = "root" if isinstance(body, dict) and body.get("tools") else "subcall"
         headers = {k.lower(): v for k, v in request.headers.items()}

@@ -167,3 +167,55 @@ async def _run_to_end(process, stdin: bytes | None = None) -> tuple[list[bytes],
 def run_to_end() -> Callable:
     """``await run_to_end(process, stdin=None)``: feed stdin then EOF, collect stdout lines, wait."""
     return _run_to_end
+
+
+def _craft_tar(entries: list[tuple[str, object]]) -> bytes:
+    """A tar with exactly these entries, however hostile; see ``make_tar``."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, spec in entries:
+            info = tarfile.TarInfo(name)
+            info.mode = 0o644
+            data = None
+            if isinstance(spec, tuple) and spec[0] in ("symlink", "hardlink"):
+                info.type = tarfile.SYMTYPE if spec[0] == "symlink" else tarfile.LNKTYPE
+                info.linkname = spec[1]
+            elif isinstance(spec, tuple):
+                data, info.mode = spec
+            elif isinstance(spec, bytes):
+                data = spec
+            else:
+                info.type = {"dir": tarfile.DIRTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,
+                             "fifo": tarfile.FIFOTYPE}[spec]
+                info.mode = 0o755 if spec == "dir" else 0o666
+                info.devmajor, info.devminor = (1, 3) if spec in ("chr", "blk") else (0, 0)
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_tar() -> Callable[[list[tuple[str, object]]], bytes]:
+    """Craft an archive: ``make_tar([(name, spec), ...])``; names are used as given (absolute, ``..``).
+
+    spec: ``bytes`` (a file), ``(bytes, mode)``, ``"dir"``, ``("symlink", target)``,
+    ``("hardlink", target)``, ``"chr"``, ``"blk"`` or ``"fifo"``.
+    """
+    return _craft_tar
+
+
+@pytest.fixture(scope="session")
+def remote_tls_host() -> Iterator[object]:
+    """A second Docker daemon on 127.0.0.1 behind --tlsverify (certificates made for the session)."""
+    from fsrlm.testing.dockerd import SecondDockerd
+
+    if os.geteuid() != 0:
+        pytest.skip("starting a second Docker daemon needs root")
+    with SecondDockerd(tls=True) as daemon:
+        yield daemon

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_RUN_ID
+from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
 from executors.configs import DockerExecutorConfig
 from executors.docker import cleanup, hardening
 from executors.docker.executor import DockerExecutor, check_agent_env, chown_tree
+from executors.liveness import orchestrator_id
 from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
 
@@ -58,7 +59,8 @@ def test_hardening_defaults() -> None:
     assert create["user"] == "1000:1000"
     assert create["working_dir"] == "/workspace"
     assert create["stdin_open"] is True and create["tty"] is False and create["detach"] is False
-    assert create["labels"] == {LABEL_APP: "1", LABEL_RUN_ID: "r1", LABEL_CREATED: "1234"}
+    assert create["labels"] == {LABEL_APP: "1", LABEL_RUN_ID: "r1", LABEL_CREATED: "1234",
+                                LABEL_ORCHESTRATOR: orchestrator_id()}
     assert create["command"] == ["/usr/local/bin/claude", "-p"]
     assert create["environment"] == {"A": "1"}
 

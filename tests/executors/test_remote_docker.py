@@ -253,3 +253,247 @@ def test_endpoint_resolution(tmp_path: Path) -> None:
     with pytest.raises(ExecutorUnavailable, match="nope"):
         resolve_endpoint(config(context="nope"), {"DOCKER_CONFIG": str(tmp_path / "cfg")})
     assert resolve_endpoint(config(), {"DOCKER_CONFIG": str(tmp_path / "none")}).host.startswith("unix://")
+
+
+async def test_a_stale_image_on_the_host_is_replaced(remote_docker_host, remote_client, docker_image) -> None:
+    from executors.docker.image import default_tag
+
+    current = remote_client.images.get(default_tag()) if remote_client.images.list(default_tag()) else None
+    if current is None:  # first test to need the image: ship it
+        await RemoteDockerExecutor(RemoteDockerExecutorConfig(host=remote_docker_host.url)).check()
+        current = remote_client.images.get(default_tag())
+    box = remote_client.containers.create(current.id, command=["true"], labels={LABEL_APP: "1"})
+    try:
+        stale = box.commit(changes=[f"LABEL {LABEL_IMAGE_HASH}=stale"])
+    finally:
+        box.remove()
+    stale.tag(default_tag())
+    executor = RemoteDockerExecutor(RemoteDockerExecutorConfig(host=remote_docker_host.url))
+    await executor.check()
+    image = remote_client.images.get(default_tag())
+    assert image.labels[LABEL_IMAGE_HASH] == expected_hash() and image.id != stale.id
+    assert not [i for i in remote_client.images.list() if i.id == stale.id]  # the stale one is gone
+
+
+# -- other ways to reach a host: TLS, ssh -------------------------------------------------
+
+
+async def _round_trip(executor, make_spec, agent_env, run_to_end) -> list[bytes]:
+    script = ("import os, sys, urllib.request\n"
+              "req = urllib.request.Request(os.environ['FSRLM_BROKER_URL'] + '/fsrlm/v1/health', "
+              "headers={'x-api-key': os.environ['FSRLM_BROKER_TOKEN']})\n"
+              "print(urllib.request.urlopen(req, timeout=30).status)\n"
+              "sys.stdout.write(sys.stdin.read().upper())\n")
+    async with await executor.prepare(make_spec()) as sandbox:
+        sandbox.cli_path = "/usr/bin/python3"
+        process = await sandbox.start_agent(["-c", script], agent_env)
+        lines, result = await run_to_end(process, b"hello over the wire\n" * 5000)
+        assert result.exit_code == 0, result.stderr_tail
+        await sandbox.collect()
+    return lines
+
+
+async def test_tls_host_runs_the_sandbox(remote_tls_host, docker_image, make_spec, agent_env, run_to_end,
+                                         monkeypatch) -> None:
+    for name, value in remote_tls_host.env.items():
+        monkeypatch.setenv(name, value)
+    executor = RemoteDockerExecutor(RemoteDockerExecutorConfig())  # all from DOCKER_HOST / _TLS_VERIFY / _CERT_PATH
+    assert executor.endpoint.tls_dir == remote_tls_host.certs["client"]
+    lines = await _round_trip(executor, make_spec, agent_env, run_to_end)
+    assert lines[0] == b"200" and lines[1:] == [b"HELLO OVER THE WIRE"] * 5000
+
+
+async def test_tls_with_the_wrong_ca_is_a_clear_error(remote_tls_host) -> None:
+    config = RemoteDockerExecutorConfig(host=remote_tls_host.url, tls_verify=True,
+                                        cert_path=str(remote_tls_host.certs["wrong_ca"]), connect_timeout=5)
+    with pytest.raises(ExecutorUnavailable) as info:
+        await RemoteDockerExecutor(config).check()
+    message = str(info.value)
+    assert "\n" not in message and remote_tls_host.url in message
+    assert "TLS" in message and "certificate verify failed" in message and "DOCKER_CERT_PATH" in message
+    # and a client without TLS is told the host speaks it
+    plain = RemoteDockerExecutorConfig(host=remote_tls_host.url, connect_timeout=5)
+    with pytest.raises(ExecutorUnavailable, match="speaks TLS"):
+        await RemoteDockerExecutor(plain).check()
+
+
+FAKE_SSH = r"""#!/usr/bin/env python3
+# Plays `ssh HOST docker system dial-stdio`: logs its arguments, bridges stdio to the test daemon.
+import os, socket, sys, threading
+with open(os.environ["FAKE_SSH_LOG"], "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\n")
+if "-O" in sys.argv:
+    sys.exit(0)
+s = socket.create_connection(("127.0.0.1", int(os.environ["FAKE_SSH_PORT"])))
+def up():
+    while data := os.read(0, 65536):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(65536):
+    os.write(1, data)
+"""
+
+
+async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image, make_spec, agent_env,
+                                                run_to_end, tmp_path, monkeypatch) -> None:
+    from executors.docker.sshdial import SSHDialer
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SSH_PORT", str(remote_docker_host.port))
+    monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
+    url = "ssh://tester@build-box:2222"
+    try:
+        executor = RemoteDockerExecutor(RemoteDockerExecutorConfig(host=url))
+        lines = await _round_trip(executor, make_spec, agent_env, run_to_end)
+    finally:
+        SSHDialer.shared(url).close()
+    assert lines[0] == b"200" and len(lines) == 5001
+    calls = (tmp_path / "ssh.log").read_text().splitlines()
+    assert calls and all("-l tester -p 2222 -- build-box docker system dial-stdio" in c for c in calls[:-1])
+    assert "BatchMode=yes" in calls[0] and "-O exit" in calls[-1]
+
+
+# -- a host that goes away ----------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy in front of the test daemon: ``cut()`` drops every open connection, ``down()`` all of it."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._conns: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        import socket
+
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def down(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+STARTED_THEN_SLEEP = """
+import time
+from llm_client import append_artifact, llm_query
+append_artifact({"partial": True})
+llm_query("ECHO: started")
+time.sleep(300)
+"""
+
+
+def _when_started(scripted, action) -> "threading.Thread":
+    import threading
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while not scripted.requests_of("subcall") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_connection_lost_mid_run_ends_the_run_and_brings_the_work_back(
+    remote_docker_host, remote_client, docker_image, scripted, make_config
+) -> None:
+    from fsrlm import RLM
+    from fsrlm.testing.plans import script_plan
+
+    proxy = Proxy(remote_docker_host.port)
+    scripted.plan = script_plan(STARTED_THEN_SLEEP)
+    config = make_config("remote-docker").model_copy(
+        update={"executor": RemoteDockerExecutorConfig(host=proxy.url)})
+    asyncio.run(RemoteDockerExecutor(config.executor).check())  # the image is there before the clock starts
+    watcher = _when_started(scripted, proxy.cut)  # every stream drops; the host stays reachable
+    started = time.monotonic()
+    try:
+        result = RLM(config).invoke("input", question="q")
+    finally:
+        proxy.down()
+    watcher.join(5)
+    assert not result.success and result.stop_reason == "sandbox_error"
+    assert time.monotonic() - started < 60
+    assert any("connection to the agent's container broke" in e for e in result.errors), result.errors
+    assert result.artifacts == [{"partial": True}]  # copied back: the host was still reachable
+    assert not remote_client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={result.run_id}"})
+    assert not remote_client.volumes.list(filters={"label": f"{LABEL_RUN_ID}={result.run_id}"})
+
+
+def test_host_gone_mid_run_is_a_clear_error_and_gc_reaps_it_later(
+    remote_docker_host, remote_client, docker_image, scripted, make_config
+) -> None:
+    from fsrlm import RLM
+    from fsrlm.testing.plans import script_plan
+
+    proxy = Proxy(remote_docker_host.port)
+    scripted.plan = script_plan(STARTED_THEN_SLEEP)
+    config = make_config("remote-docker").model_copy(
+        update={"executor": RemoteDockerExecutorConfig(host=proxy.url, connect_timeout=3)})
+    asyncio.run(RemoteDockerExecutor(config.executor).check())
+    watcher = _when_started(scripted, proxy.down)  # the host is gone for good
+    started = time.monotonic()
+    result = RLM(config).invoke("input", question="q")
+    watcher.join(5)
+    try:
+        assert not result.success and result.stop_reason == "sandbox_error"
+        assert time.monotonic() - started < 90
+        text = " ".join(result.errors)
+        assert f"Lost the Docker host {proxy.url}" in text and "unreachable" in text
+        assert f"fsrlm gc --host {proxy.url}" in text
+        assert result.workspace_path is not None  # kept, as for every failed run
+        left = remote_client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={result.run_id}"})
+        assert left  # left on the host, as the message says...
+    finally:
+        reaper = RemoteDockerExecutor(RemoteDockerExecutorConfig(host=remote_docker_host.url))
+        removed = asyncio.run(reaper.gc(older_than_seconds=1e-6))  # this (live) process made it: give an age
+    assert {c.name for c in left} <= set(removed), (removed, left)  # ...and `fsrlm gc --host` reaps it
+    assert not remote_client.volumes.list(filters={"label": f"{LABEL_RUN_ID}={result.run_id}"})

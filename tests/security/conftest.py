@@ -30,9 +30,10 @@ import pytest
 
 from fsrlm import RLM
 from fsrlm.testing.plans import script_plan
-from security_support import PREAMBLE, AttackRun, read_findings
+from security_support import PREAMBLE, AttackRun, our_containers, read_findings, run_processes
 
 FINDING_KEY = "security_finding"
+
 
 class Finding:
     """One row of the SECURITY.md table; the test fills in ``observed``.
@@ -104,41 +105,6 @@ def _run_ids_under(root: Path) -> set[str]:
         if isinstance(run_id, str):
             ids.add(run_id)
     return ids
-
-
-def our_containers(tmp_path: Path) -> list[str]:
-    """fsRLM containers whose workspace lies under ``tmp_path`` (other sessions' are ignored)."""
-    try:
-        import docker
-
-        client = docker.from_env()
-    except Exception:
-        return []
-    try:
-        found = []
-        for c in client.containers.list(all=True, filters={"label": "fsrlm=1"}, ignore_removed=True):
-            mounts = c.attrs.get("Mounts") or []
-            if any(str(m.get("Source", "")).startswith(str(tmp_path)) for m in mounts):
-                found.append(c.name)
-        return found
-    finally:
-        client.close()
-
-
-def run_processes(run_ids: set[str]) -> list[int]:
-    markers = [f"FSRLM_RUN_ID={r}\0".encode() for r in run_ids]
-    found = []
-    if not markers:
-        return found
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                env = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if any(m in env for m in markers):
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(autouse=True)

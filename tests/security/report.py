@@ -132,6 +132,9 @@ class Recorder:
             area, name, tried, expected = REFERENCED[ref]
             row = self._row(ref, {"area": area, "name": name, "tried": tried, "expected": expected,
                                   "observed": "as expected", "referenced": ref})
+        elif report.nodeid.startswith("tests/security/"):  # failed or skipped before declaring its row
+            row = self._row(report.nodeid, {"area": "unrecorded", "name": report.nodeid.rsplit("::", 1)[-1],
+                                            "tried": "", "expected": "", "observed": ""})
         else:
             return
         if report.nodeid not in row["tests"]:
@@ -140,7 +143,7 @@ class Recorder:
         if report.failed:
             row["outcome"] = "failed"
             crash = getattr(report.longrepr, "reprcrash", None)
-            message = crash.message if crash is not None else str(report.longrepr).strip().splitlines()[-1:]
+            message = crash.message if crash is not None else (str(report.longrepr).strip().splitlines() or [""])[-1]
             row["failure"] = (f"{report.when}: " + str(message))[:400]
         elif report.skipped and row["outcome"] != "failed":
             row["outcome"] = "skipped"
@@ -162,8 +165,18 @@ def pytest_configure(config: pytest.Config) -> None:
 # -- the table -----------------------------------------------------------------------------
 
 
+_TEMP_PATHS = (
+    (re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+"), "<tmp>"),
+    (re.compile(r"/tmp/fsrlm-broker-[^/\s]+"), "<broker dir>"),
+    (re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b"), "<run id>"),
+)
+
+
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(str(text).split())
+    for pattern, placeholder in _TEMP_PATHS:  # the table should not change with every run's temp names
+        text = pattern.sub(placeholder, text)
+    return text.replace("|", "\\|")
 
 
 def _test_name(row: dict[str, Any]) -> str:
@@ -233,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             print("security report: pytest wrote no results; SECURITY.md left unchanged", file=sys.stderr)
             return code or 1
         data = json.loads(results.read_text())
+    if code not in (0, 1) or not data["rows"]:  # interrupted, collection or usage error: keep the old table
+        print(f"security report: pytest exited with {code}; SECURITY.md left unchanged", file=sys.stderr)
+        return code or 1
     update_security_md(render_table(data))
     print(f"security report: {len(data['rows'])} rows written to {SECURITY_MD}", file=sys.stderr)
     return code

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import textwrap
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fsrlm.results import RLMResult
+
+MB = 1 << 20
 
 # Prepended to every attack script: a findings dict saved to scratch/findings.json.
 PREAMBLE = textwrap.dedent("""
@@ -51,3 +57,81 @@ def host_ip() -> str:
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def peak_growth(fn: Callable[[], Any], measure: Callable[[], int]) -> tuple[Any, int]:
+    """Run ``fn``; return its value and how far ``measure()`` rose above where it started meanwhile."""
+    base = measure()
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, measure())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        value = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return value, peak - base
+
+
+def peak_rss_growth(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """This process's peak RSS growth (bytes) while ``fn`` runs."""
+    return peak_growth(fn, _rss)
+
+
+def peak_fd_growth(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """This process's peak growth in open file descriptors while ``fn`` runs."""
+    return peak_growth(fn, _open_fds)
+
+
+def our_containers(tmp_path: Path) -> list[str]:
+    """fsRLM containers whose workspace lies under ``tmp_path`` (other sessions' are ignored)."""
+    try:
+        import docker
+
+        client = docker.from_env()
+    except Exception:
+        return []
+    try:
+        found = []
+        for c in client.containers.list(all=True, filters={"label": "fsrlm=1"}, ignore_removed=True):
+            mounts = c.attrs.get("Mounts") or []
+            if any(str(m.get("Source", "")).startswith(str(tmp_path)) for m in mounts):
+                found.append(c.name)
+        return found
+    finally:
+        client.close()
+
+
+def run_processes(run_ids: set[str]) -> list[int]:
+    markers = [f"FSRLM_RUN_ID={r}\0".encode() for r in run_ids]
+    found = []
+    if not markers:
+        return found
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if any(m in env for m in markers):
+                found.append(int(entry.name))
+    return found

@@ -139,5 +139,6 @@ def test_no_credential_reaches_the_sandbox(attack_run, scripted, finding, monkey
     assert {r.headers.get("x-api-key") for r in scripted.requests} == {FAKE_UPSTREAM_KEY}
     statuses = {k: v[0] for k, v in found["answers"].items()}
     f.observed = (f"environment: no secret, no AWS_*; {found['proc_readable']} /proc files read: no secret; "
-                  f"grep of every mount: only the planted control file; broker answers {statuses}: no secret; run folder and cache: "
+                  f"grep of every mount: only the planted control file; broker answers {statuses}: no secret; "
+                  "run folder and cache: "
                   "no secret")

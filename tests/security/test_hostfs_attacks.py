@@ -47,13 +47,15 @@ F["modify"] = {
     "/opt/fsrlm/relay.py": attempt(lambda: open("/opt/fsrlm/relay.py", "a").close()),
     "/usr/local/bin/claude": attempt(lambda: open("/usr/local/bin/claude", "ab").close()),
     "/etc/passwd": attempt(lambda: open("/etc/passwd", "a").close()),
-    "/etc/claude-code/managed-settings.json": attempt(lambda: open("/etc/claude-code/managed-settings.json", "a").close()),
+    "/etc/claude-code/managed-settings.json":
+        attempt(lambda: open("/etc/claude-code/managed-settings.json", "a").close()),
     "/proc/sysrq-trigger": attempt(lambda: open("/proc/sysrq-trigger", "w").close()),
     "unlink /run/fsrlm/broker.sock": attempt(lambda: os.unlink("/run/fsrlm/broker.sock")),
 }
 F["privileged_ops"] = {
     "mknod block device": attempt(lambda: os.mknod("/tmp/sda", stat.S_IFBLK | 0o600, os.makedev(8, 0))),
-    "mount tmpfs": "DONE" if subprocess.run(["mount", "-t", "tmpfs", "none", "/tmp"], capture_output=True).returncode == 0 else "refused",
+    "mount tmpfs": "refused" if subprocess.run(["mount", "-t", "tmpfs", "none", "/tmp"],
+                                               capture_output=True).returncode else "DONE",
     "chroot": attempt(lambda: os.chroot("/tmp")),
     "sethostname": attempt(lambda: socket.sethostname("owned")),
 }
@@ -72,7 +74,8 @@ write_answer("probed")
 def test_writes_outside_the_workspace_fail(attack_run, finding):
     f = finding(
         "host filesystem", "write outside the workspace",
-        tried="create files in /, /etc, /usr/local/bin, /opt/fsrlm, /run/fsrlm, /var, /root, /proc/sys, /sys/fs/cgroup, "
+        tried="create files in /, /etc, /usr/local/bin, /opt/fsrlm, /run/fsrlm, /var, /root, /proc/sys, "
+              "/sys/fs/cgroup, "
               "/dev; modify the relay, the CLI, /etc/passwd, the managed settings; remove the broker socket; "
               "mknod, mount, chroot, sethostname; then try every read-write mount",
         expected="all refused; the only writable places are the workspace bind mount and size-capped tmpfs "
