@@ -15,6 +15,7 @@ once, at the boundary where they happen, with a message that says what to do.
     └── SandboxError(FsrlmError)                   the executor could not run the agent
         ├── ExecutorUnavailable(SandboxError)      e.g. Docker not installed or daemon down
         ├── ImageError(SandboxError)               the sandbox image is missing or cannot be built
+        ├── ArchiveError(SandboxError)             a workspace archive from a remote sandbox is hostile or too big
         └── SandboxTimeout(SandboxError, TimeoutError)
 """
 
@@ -75,6 +76,10 @@ class ExecutorUnavailable(SandboxError):
 
 class ImageError(SandboxError):
     """The sandbox image is missing, stale or failed to build."""
+
+
+class ArchiveError(SandboxError):
+    """An archive from the sandbox is malformed, hostile or over a cap; extraction stopped."""
 
 
 class SandboxTimeout(SandboxError, TimeoutError):

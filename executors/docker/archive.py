@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fsrlm.errors import SandboxError
+from fsrlm.errors import ArchiveError
 from fsrlm.safe_fs import open_beneath
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ CHUNK = 1024 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024  # long names and PAX headers of one entry
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REJECTABLE = (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EPERM, errno.EACCES)
-
-
-class ArchiveError(SandboxError):
-    """An archive from the sandbox is malformed, hostile or over a cap; extraction stopped."""
 
 
 def stays_inside(name: str, target: str) -> bool:

@@ -5,7 +5,9 @@ then ``executor.context``, then ``DOCKER_HOST``, then ``DOCKER_CONTEXT``, then t
 current context of ``$DOCKER_CONFIG/config.json``; with none of them, the local
 engine. TLS comes with the host: ``executor.tls_verify`` / ``executor.cert_path``
 or ``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH`` (``ca.pem``, ``cert.pem``,
-``key.pem``; default folder ``~/.docker``), or a context's own TLS material.
+``key.pem``; default folder ``~/.docker``), or a context's own TLS material. A
+certificate folder alone turns TLS on *with* verification (stricter than the
+docker SDK); only ``tls_verify = false`` (or an empty ``DOCKER_TLS_VERIFY``) turns it off.
 
 ``connect`` asks the engine for its API version with a short timeout and turns every way that can
 fail (refused, TLS, timeout, ssh) into one ``ExecutorUnavailable`` line that
@@ -42,8 +44,9 @@ class Endpoint:
         return f"{self.host} (from {self.source})"
 
 
-def _truthy_env(value: str | None) -> bool:
-    return value is not None and value != ""  # the docker CLI: any value, even "0", turns verification on
+def _env_verify(value: str | None) -> bool | None:
+    """DOCKER_TLS_VERIFY as the docker tools read it: unset None, empty False, any other value True."""
+    return None if value is None else value != ""
 
 
 def _docker_config_dir(environ: Mapping[str, str]) -> Path:
@@ -69,19 +72,16 @@ def _context(name: str, environ: Mapping[str, str]) -> Endpoint:
 
 
 def _with_tls(host: str, source: str, tls_verify: bool | None, cert_path: str | None) -> Endpoint:
-    if not host.startswith("tcp://"):
-        return Endpoint(host=host, source=source)
-    use_tls = bool(tls_verify) or cert_path is not None
-    if not use_tls:
+    """TLS when verification is asked for or a certificate folder is given; then verified unless turned off."""
+    if not host.startswith("tcp://") or not (tls_verify or cert_path is not None):
         return Endpoint(host=host, source=source)
     folder = Path(cert_path).expanduser() if cert_path else Path.home() / ".docker"
-    return Endpoint(host=host, source=source, tls_dir=folder, tls_verify=bool(tls_verify))
+    return Endpoint(host=host, source=source, tls_dir=folder, tls_verify=tls_verify is not False)
 
 
 def resolve_endpoint(config: RemoteDockerExecutorConfig, environ: Mapping[str, str] | None = None) -> Endpoint:
     env = os.environ if environ is None else environ
-    env_verify = _truthy_env(env.get("DOCKER_TLS_VERIFY"))
-    tls_verify = config.tls_verify if config.tls_verify is not None else env_verify
+    tls_verify = config.tls_verify if config.tls_verify is not None else _env_verify(env.get("DOCKER_TLS_VERIFY"))
     cert_path = config.cert_path or env.get("DOCKER_CERT_PATH") or None
     if config.host:
         return _with_tls(config.host, "executor.host", tls_verify, cert_path)

@@ -92,20 +92,25 @@ class SSHDialer:
         try:
             while block := os.read(proc.stdout.fileno(), 256 * 1024):
                 conn.sendall(block)
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
-        except OSError:
+        except (OSError, ValueError):
             pass
         finally:
-            err = ""
-            with contextlib.suppress(OSError, ValueError):  # ValueError: close() got there first
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else ""
-            if err:
-                self.last_error = err.splitlines()[-1]
-                logger.debug("ssh %s: %s", self.url, err)
+            self._note_failure(proc)  # before the client sees the connection end, so it can tell why
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
             to_ssh.join(5)
             self._stop(proc)
             conn.close()
+
+    def _note_failure(self, proc: subprocess.Popen) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.5)
+        if proc.returncode in (None, 0):
+            return
+        with contextlib.suppress(OSError, ValueError):  # ValueError: close() got there first
+            err = proc.stderr.read().decode(errors="replace").strip()
+            self.last_error = err.splitlines()[-1] if err else f"ssh exited with status {proc.returncode}"
+            logger.debug("ssh %s: %s", self.url, err)
 
     def _upstream(self, conn: socket.socket, proc: subprocess.Popen) -> None:
         try:

@@ -24,8 +24,6 @@ from executors.docker.remote import RemoteDockerExecutor
 from fsrlm.errors import ExecutorUnavailable, SandboxError
 from fsrlm.testing.dockerd import free_port
 
-pytestmark = pytest.mark.docker
-
 PROBE = r"""
 import json, os, urllib.request, urllib.error
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
@@ -76,6 +74,7 @@ def remote_client(remote_docker_host):
     client.close()
 
 
+@pytest.mark.docker
 async def test_locked_down_container_with_a_volume_and_a_tunnel(
     remote, remote_client, make_spec, agent_env, run_to_end, fake_broker, workspace, monkeypatch
 ) -> None:
@@ -118,6 +117,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     assert _run_objects(remote_client, spec.run_id) == []
 
 
+@pytest.mark.docker
 async def test_cli_turn_through_the_tunnel(remote, make_spec, agent_env, run_to_end, fake_broker) -> None:
     argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
     async with await remote.prepare(make_spec()) as sandbox:
@@ -127,6 +127,7 @@ async def test_cli_turn_through_the_tunnel(remote, make_spec, agent_env, run_to_
     assert any(r["path"] == "/v1/messages" for r in fake_broker.requests)
 
 
+@pytest.mark.docker
 async def test_stdin_round_trip_and_many_connections(
     remote, remote_client, make_spec, agent_env, run_to_end, fake_broker
 ) -> None:
@@ -154,6 +155,7 @@ for line in sys.stdin:
     assert _run_objects(remote_client, spec.run_id) == []
 
 
+@pytest.mark.docker
 async def test_timeout_kill_and_partial_work_comes_back(
     remote, remote_client, make_spec, agent_env, workspace
 ) -> None:
@@ -169,6 +171,7 @@ async def test_timeout_kill_and_partial_work_comes_back(
     assert _run_objects(remote_client, spec.run_id) == []
 
 
+@pytest.mark.docker
 async def test_host_side_writes_win_and_hostile_links_stay_out(
     remote, make_spec, agent_env, run_to_end, workspace, tmp_path
 ) -> None:
@@ -196,6 +199,7 @@ async def test_host_side_writes_win_and_hostile_links_stay_out(
     assert secret.read_text() == "host secret"
 
 
+@pytest.mark.docker
 async def test_refuses_credentials_before_creating_anything(
     remote, remote_client, make_spec, fake_broker
 ) -> None:
@@ -216,12 +220,24 @@ async def test_connection_refused_is_a_one_line_error() -> None:
     assert "DOCKER_HOST" in message
 
 
+@pytest.mark.docker
 async def test_gc_reaps_the_remote_host(remote, remote_client, docker_image) -> None:
     labels = hardening.run_labels("gc-remote-test", time.time() - 10**6)
     volume = remote_client.volumes.create(labels=labels)
     removed = await remote.gc(older_than_seconds=10**5)
     assert volume.name in removed
     assert not remote_client.volumes.list(filters={"label": f"{LABEL_RUN_ID}=gc-remote-test"})
+
+
+def test_volume_is_the_only_writable_mount() -> None:
+    opts = hardening.container_options(RemoteDockerExecutorConfig(), image="img:1", command=["x"], environment={},
+                                       run_id="r1", volume="fsrlm-r1-abc")
+    assert [(m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in opts.host_config["mounts"]] == [
+        ("volume", "fsrlm-r1-abc", "/workspace", False)]
+    assert opts.host_config["network_mode"] == "none" and opts.host_config["read_only"] is True
+    with pytest.raises(ValueError):
+        hardening.container_options(RemoteDockerExecutorConfig(), image="i", command=[], environment={}, run_id="r",
+                                    volume="v", workspace=Path("/w"))
 
 
 def test_endpoint_resolution(tmp_path: Path) -> None:
@@ -233,6 +249,10 @@ def test_endpoint_resolution(tmp_path: Path) -> None:
     assert (e.host, e.source, e.tls_dir) == ("tcp://other:2375", "executor.host", tmp_path)
     e = resolve_endpoint(config(host="tcp://other:2375", tls_verify=False), {})
     assert e.tls_dir is None
+    e = resolve_endpoint(config(host="tcp://other:2376", cert_path=str(tmp_path)), {})  # certificates: verified
+    assert (e.tls_dir, e.tls_verify) == (tmp_path, True)
+    e = resolve_endpoint(config(), {**env, "DOCKER_TLS_VERIFY": ""})  # empty: TLS with the certificates, unverified
+    assert (e.tls_dir, e.tls_verify) == (tmp_path, False)
     assert resolve_endpoint(config(host="ssh://me@box"), env).tls_dir is None
     # a docker context, as `docker context create` stores it
     import hashlib
@@ -255,6 +275,7 @@ def test_endpoint_resolution(tmp_path: Path) -> None:
     assert resolve_endpoint(config(), {"DOCKER_CONFIG": str(tmp_path / "none")}).host.startswith("unix://")
 
 
+@pytest.mark.docker
 async def test_a_stale_image_on_the_host_is_replaced(remote_docker_host, remote_client, docker_image) -> None:
     from executors.docker.image import default_tag
 
@@ -293,6 +314,7 @@ async def _round_trip(executor, make_spec, agent_env, run_to_end) -> list[bytes]
     return lines
 
 
+@pytest.mark.docker
 async def test_tls_host_runs_the_sandbox(remote_tls_host, docker_image, make_spec, agent_env, run_to_end,
                                          monkeypatch) -> None:
     for name, value in remote_tls_host.env.items():
@@ -303,6 +325,7 @@ async def test_tls_host_runs_the_sandbox(remote_tls_host, docker_image, make_spe
     assert lines[0] == b"200" and lines[1:] == [b"HELLO OVER THE WIRE"] * 5000
 
 
+@pytest.mark.docker
 async def test_tls_with_the_wrong_ca_is_a_clear_error(remote_tls_host) -> None:
     config = RemoteDockerExecutorConfig(host=remote_tls_host.url, tls_verify=True,
                                         cert_path=str(remote_tls_host.certs["wrong_ca"]), connect_timeout=5)
@@ -335,6 +358,7 @@ while data := s.recv(65536):
 """
 
 
+@pytest.mark.docker
 async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image, make_spec, agent_env,
                                                 run_to_end, tmp_path, monkeypatch) -> None:
     from executors.docker.sshdial import SSHDialer
@@ -356,6 +380,25 @@ async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image
     calls = (tmp_path / "ssh.log").read_text().splitlines()
     assert calls and all("-l tester -p 2222 -- build-box docker system dial-stdio" in c for c in calls[:-1])
     assert "BatchMode=yes" in calls[0] and "-O exit" in calls[-1]
+
+
+async def test_ssh_failure_says_what_ssh_said(tmp_path, monkeypatch) -> None:
+    from executors.docker.sshdial import SSHDialer
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text("#!/bin/sh\necho 'me@nowhere: Permission denied (publickey).' >&2\nexit 255\n")
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    url = "ssh://me@nowhere"
+    try:
+        with pytest.raises(ExecutorUnavailable) as info:
+            await RemoteDockerExecutor(RemoteDockerExecutorConfig(host=url, connect_timeout=5)).check()
+    finally:
+        SSHDialer.shared(url).close()
+    message = str(info.value)
+    assert "\n" not in message and url in message
+    assert "Permission denied (publickey)" in message and "ssh me@nowhere docker version" in message
 
 
 # -- a host that goes away ----------------------------------------------------------------
@@ -442,6 +485,7 @@ def _when_started(scripted, action) -> "threading.Thread":
     return thread
 
 
+@pytest.mark.docker
 def test_connection_lost_mid_run_ends_the_run_and_brings_the_work_back(
     remote_docker_host, remote_client, docker_image, scripted, make_config
 ) -> None:
@@ -468,6 +512,7 @@ def test_connection_lost_mid_run_ends_the_run_and_brings_the_work_back(
     assert not remote_client.volumes.list(filters={"label": f"{LABEL_RUN_ID}={result.run_id}"})
 
 
+@pytest.mark.docker
 def test_host_gone_mid_run_is_a_clear_error_and_gc_reaps_it_later(
     remote_docker_host, remote_client, docker_image, scripted, make_config
 ) -> None:
