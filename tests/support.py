@@ -32,3 +32,47 @@ def load_tool(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# Run inside a sandbox (python3 -c PROBE): reports what the agent could see and do, as JSON.
+SANDBOX_PROBE = r"""
+import json, os, urllib.request, urllib.error
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+def get(headers):
+    req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+prompt = "/workspace/input/prompt.md"
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    "status": {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
+    "net": sorted(os.listdir("/sys/class/net")),
+    "writable": {p: writable(p) for p in ("/probe", "/etc/probe", "/usr/local/bin/probe", "/opt/fsrlm/probe",
+                                          "/workspace/probe.txt", "/workspace/output/probe.txt", "/tmp/probe",
+                                          "/home/sandbox/probe")},
+    "input": open(prompt).read() if os.path.exists(prompt) else None,
+    "env": dict(os.environ),
+    "health": get({"x-api-key": os.environ["FSRLM_BROKER_TOKEN"]}),
+    "health_without_token": get({}),
+    "cwd": os.getcwd(),
+}))
+"""
+
+
+def run_objects(client, run_id: str) -> list[str]:
+    """Names of the containers and volumes a Docker engine still holds for ``run_id``."""
+    from executors.base import LABEL_RUN_ID
+
+    filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
+    return ([c.name for c in client.containers.list(all=True, filters=filters)]
+            + [v.name for v in client.volumes.list(filters=filters)])

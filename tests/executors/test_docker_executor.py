@@ -22,6 +22,7 @@ from executors.docker.executor import DockerExecutor, check_agent_env, chown_tre
 from executors.liveness import orchestrator_id
 from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
+from support import SANDBOX_PROBE, run_objects
 
 # --------------------------------------------------------------------------- no engine needed
 
@@ -128,47 +129,10 @@ def test_chown_tree_never_leaves_the_tree(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real containers
 
-PROBE = r"""
-import json, os, socket, urllib.request, urllib.error
-status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-def writable(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return True
-    except OSError:
-        return False
-def get(headers):
-    req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, None
-print(json.dumps({
-    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
-    "status": {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
-    "net": sorted(os.listdir("/sys/class/net")),
-    "writable": {p: writable(p) for p in ("/probe", "/etc/probe", "/usr/local/bin/probe", "/opt/fsrlm/probe",
-                                          "/workspace/output/probe.txt", "/tmp/probe", "/home/sandbox/probe")},
-    "env": dict(os.environ),
-    "health": get({"x-api-key": os.environ["FSRLM_BROKER_TOKEN"]}),
-    "health_without_token": get({}),
-    "cwd": os.getcwd(),
-}))
-"""
-
-
 async def _ready_executor(config: DockerExecutorConfig | None = None) -> DockerExecutor:
     executor = DockerExecutor(config or DockerExecutorConfig())
     await executor.check()
     return executor
-
-
-def _leftovers(client, run_id: str) -> list[str]:
-    filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
-    names = [c.name for c in client.containers.list(all=True, filters=filters)]
-    return names + [v.name for v in client.volumes.list(filters=filters)]
 
 
 @pytest.mark.docker
@@ -183,7 +147,7 @@ async def test_container_is_locked_down_from_inside(
     try:
         sandbox.cli_path = "/usr/bin/python3"
         env = {**agent_env, "FSRLM_BROKER_URL": "http://evil.example:1", "HOME": "/etc"}  # plumbing must win
-        process = await sandbox.start_agent(["-c", PROBE], env)
+        process = await sandbox.start_agent(["-c", SANDBOX_PROBE], env)
         lines, result = await run_to_end(process)
         assert result.exit_code == 0, result.stderr_tail
         assert (workspace / "output" / "probe.txt").stat().st_uid == 1000  # written by the container user
@@ -201,7 +165,7 @@ async def test_container_is_locked_down_from_inside(
     assert facts["net"] == ["lo"]
     assert facts["writable"] == {
         "/probe": False, "/etc/probe": False, "/usr/local/bin/probe": False, "/opt/fsrlm/probe": False,
-        "/workspace/output/probe.txt": True, "/tmp/probe": True, "/home/sandbox/probe": True,
+        "/workspace/probe.txt": True, "/workspace/output/probe.txt": True, "/tmp/probe": True, "/home/sandbox/probe": True,
     }
     assert facts["cwd"] == "/workspace"
     env = facts["env"]
@@ -217,7 +181,7 @@ async def test_container_is_locked_down_from_inside(
     assert [r["path"] for r in fake_broker.requests] == ["/fsrlm/v1/health"] * 2
 
     # after close: no container left, the workspace is the orchestrator's again
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
     assert (workspace / "output" / "probe.txt").stat().st_uid == os.getuid()
     assert workspace.stat().st_uid == os.getuid()
     assert fake_broker.socket.stat().st_uid == os.getuid()
@@ -254,7 +218,7 @@ async def test_container_settings_and_stdin_round_trip(
         lines, result = await run_to_end(process, payload)
         assert result.exit_code == 0 and not result.killed
         assert lines == payload.rstrip(b"\n").split(b"\n")
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -326,7 +290,7 @@ async def test_killed_from_outside_then_close_cleans_up(
     assert result.exit_code == 137 and result.killed is False
     await sandbox.close()
     await sandbox.close()  # idempotent
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
     assert (workspace / "output" / "partial.md").read_text() == "started\n"  # partial work is kept
     assert (workspace / "output" / "partial.md").stat().st_uid == os.getuid()
 
@@ -343,7 +307,7 @@ async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec
     result = await asyncio.wait_for(process.wait(), 30)
     assert result.exit_code is None and "removed" in result.stderr_tail
     await sandbox.close()
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -357,7 +321,7 @@ async def test_timeout_kills_the_container(docker_image, make_spec, agent_env, d
         result = await asyncio.wait_for(process.wait(), 30)
         assert time.monotonic() - started < 10
         assert result.killed is True and process.timed_out is True and result.exit_code == 137
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -375,7 +339,7 @@ async def test_kill_and_close_while_running(docker_image, make_spec, agent_env, 
     assert result.killed and result.exit_code == 137
     await sandbox.close()  # also fine when a reader is still open
     await lines.aclose()
-    assert _leftovers(docker_client, spec.run_id) == []
+    assert run_objects(docker_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -396,7 +360,7 @@ async def test_refuses_credentials_before_creating_anything(docker_image, make_s
         with pytest.raises(SandboxError, match="Refusing"):
             await sandbox.start_agent(["--version"], {"FSRLM_BROKER_TOKEN": fake_broker.token,
                                                       "ANTHROPIC_API_KEY": "sk-ant-real-key"})
-        assert _leftovers(docker_client, spec.run_id) == []
+        assert run_objects(docker_client, spec.run_id) == []
 
 
 @pytest.mark.docker

@@ -23,42 +23,7 @@ from executors.docker.image import LABEL_IMAGE_HASH, expected_hash
 from executors.docker.remote import RemoteDockerExecutor
 from fsrlm.errors import ExecutorUnavailable, SandboxError
 from fsrlm.testing.dockerd import free_port
-
-PROBE = r"""
-import json, os, urllib.request, urllib.error
-status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-def writable(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return True
-    except OSError:
-        return False
-def get(headers):
-    req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, None
-print(json.dumps({
-    "uid": os.getuid(),
-    "status": {k: status[k].strip() for k in ("CapEff", "NoNewPrivs", "Seccomp")},
-    "net": sorted(os.listdir("/sys/class/net")),
-    "writable": {p: writable(p) for p in ("/probe", "/workspace/probe.txt", "/workspace/output/probe.txt")},
-    "input": open("/workspace/input/prompt.md").read(),
-    "env": dict(os.environ),
-    "health": get({"x-api-key": os.environ["FSRLM_BROKER_TOKEN"]}),
-    "health_without_token": get({}),
-}))
-"""
-
-
-def _run_objects(client, run_id: str) -> list[str]:
-    filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
-    return ([c.name for c in client.containers.list(all=True, filters=filters)]
-            + [v.name for v in client.volumes.list(filters=filters)])
-
+from support import SANDBOX_PROBE, run_objects
 
 @pytest.fixture
 def remote(remote_docker_host, docker_image, monkeypatch) -> RemoteDockerExecutor:
@@ -86,7 +51,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     sandbox = await remote.prepare(spec)
     try:
         sandbox.cli_path = "/usr/bin/python3"
-        process = await sandbox.start_agent(["-c", PROBE], agent_env)
+        process = await sandbox.start_agent(["-c", SANDBOX_PROBE], agent_env)
         info = remote_client.api.inspect_container(process.container_id)
         lines, result = await run_to_end(process)
         assert result.exit_code == 0, result.stderr_tail
@@ -104,7 +69,11 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     assert facts["uid"] == 1000 and int(facts["status"]["CapEff"], 16) == 0
     assert facts["status"]["NoNewPrivs"] == "1" and facts["status"]["Seccomp"] == "2"
     assert facts["net"] == ["lo"]
-    assert facts["writable"] == {"/probe": False, "/workspace/probe.txt": True, "/workspace/output/probe.txt": True}
+    assert facts["writable"] == {
+        "/probe": False, "/etc/probe": False, "/usr/local/bin/probe": False, "/opt/fsrlm/probe": False,
+        "/workspace/probe.txt": True, "/workspace/output/probe.txt": True, "/tmp/probe": True,
+        "/home/sandbox/probe": True,
+    }
     assert facts["input"] == "the input\n"  # copied in
     env = facts["env"]
     assert not [k for k in env if k.startswith("AWS_")] and env["ANTHROPIC_API_KEY"] == fake_broker.token
@@ -114,7 +83,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     # copied back, owned by us; nothing of the run left on the remote daemon
     assert (workspace / "output" / "probe.txt").read_text() == "x"
     assert (workspace / "probe.txt").stat().st_uid == os.getuid()
-    assert _run_objects(remote_client, spec.run_id) == []
+    assert run_objects(remote_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -152,7 +121,7 @@ for line in sys.stdin:
         assert result.exit_code == 0, result.stderr_tail
     assert lines == payload.rstrip(b"\n").split(b"\n")
     assert len([r for r in fake_broker.requests if r["path"] == "/fsrlm/v1/health"]) == 200
-    assert _run_objects(remote_client, spec.run_id) == []
+    assert run_objects(remote_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -168,7 +137,7 @@ async def test_timeout_kill_and_partial_work_comes_back(
     assert result.killed and process.timed_out and time.monotonic() - started < 15
     await sandbox.close()  # never collected: close copies back first
     assert (workspace / "output" / "partial.md").read_text() == "partial\n"
-    assert _run_objects(remote_client, spec.run_id) == []
+    assert run_objects(remote_client, spec.run_id) == []
 
 
 @pytest.mark.docker
@@ -208,7 +177,7 @@ async def test_refuses_credentials_before_creating_anything(
         with pytest.raises(SandboxError, match="Refusing"):
             await sandbox.start_agent(["--version"], {"FSRLM_BROKER_TOKEN": fake_broker.token,
                                                       "AWS_ACCESS_KEY_ID": "AKIA-host"})
-        assert _run_objects(remote_client, spec.run_id) == []
+        assert run_objects(remote_client, spec.run_id) == []
 
 
 async def test_connection_refused_is_a_one_line_error() -> None:
