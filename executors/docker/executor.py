@@ -27,7 +27,7 @@ from pathlib import Path
 from executors.base import Executor, Sandbox, SandboxSpec
 from executors.configs import DockerExecutorConfig
 from executors.docker import cleanup, hardening
-from executors.docker.image import ensure_image
+from executors.docker.image import cli_binary, ensure_image
 from executors.docker.process import DockerAgentProcess
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
 
@@ -169,8 +169,10 @@ class DockerSandbox(Sandbox):
         *,
         user: tuple[int, int],
         chowned: bool,
+        shared_cli: Path | None = None,
     ) -> None:
         self.workspace_path = hardening.WORKSPACE
+        self._shared_cli = shared_cli
         self.cli_path = hardening.CLI_PATH
         self._client = client
         self._config = config
@@ -239,6 +241,7 @@ class DockerSandbox(Sandbox):
             user=self._user,
             workspace=self._spec.workspace,
             broker_socket=self._spec.broker.unix_socket,
+            cli_binary=self._shared_cli,
             name=name,
         )
 
@@ -409,7 +412,10 @@ class DockerExecutor(Executor):
             except OSError as e:
                 raise SandboxError(f"Cannot hand the workspace {workspace} to uid {user[0]}: {e}") from e
         assert self._client is not None and self._image is not None
-        return DockerSandbox(self._client, self.config, spec, self._image, user=user, chowned=chowned)
+        # Only the default image is known (by its fingerprint) to hold this very binary.
+        shared_cli = cli_binary() if self.config.share_cli and self.config.image is None else None
+        return DockerSandbox(self._client, self.config, spec, self._image, user=user, chowned=chowned,
+                             shared_cli=shared_cli)
 
     async def gc(self, older_than_seconds: float = 0.0) -> list[str]:
         if self._client is None:

@@ -71,6 +71,7 @@ def container_options(
     workspace: Path | None = None,
     broker_socket: Path | None = None,
     volume: str | None = None,
+    cli_binary: Path | None = None,
     name: str | None = None,
     created: float | None = None,
 ) -> ContainerOptions:
@@ -91,6 +92,8 @@ def container_options(
         mounts.append(Mount(target=WORKSPACE, source=volume, type="volume", read_only=False))
     if broker_socket is not None:
         mounts.append(Mount(target=BROKER_SOCKET, source=str(broker_socket), type="bind", read_only=True))
+    if cli_binary is not None:  # the same binary the image holds, read-only (see DockerExecutorConfig.share_cli)
+        mounts.append(Mount(target=CLI_PATH, source=str(cli_binary), type="bind", read_only=True))
 
     host_config: dict[str, Any] = {
         "network_mode": "none",

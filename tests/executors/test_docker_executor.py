@@ -22,6 +22,7 @@ from executors.docker.executor import DockerExecutor, check_agent_env, chown_tre
 from executors.liveness import orchestrator_id
 from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
+from executors.docker.image import cli_binary
 from support import SANDBOX_PROBE, run_objects
 
 # --------------------------------------------------------------------------- no engine needed
@@ -208,7 +209,10 @@ async def test_container_settings_and_stdin_round_trip(
         assert set(hc["Tmpfs"]) == {"/tmp", "/home/sandbox"}
         writable = [m for m in info["Mounts"] if m["RW"]]
         assert [(m["Destination"], Path(m["Source"])) for m in writable] == [("/workspace", workspace)]
-        assert {m["Destination"] for m in info["Mounts"]} == {"/workspace", "/run/fsrlm/broker.sock"}
+        assert {m["Destination"] for m in info["Mounts"]} == {
+            "/workspace", "/run/fsrlm/broker.sock", "/usr/local/bin/claude"}  # share_cli: read-only, same binary
+        cli_mount = next(m for m in info["Mounts"] if m["Destination"] == "/usr/local/bin/claude")
+        assert not cli_mount["RW"] and Path(cli_mount["Source"]) == cli_binary()
         assert config["User"] == "1000:1000" and config["WorkingDir"] == "/workspace"
         assert config["OpenStdin"] and config["StdinOnce"] and not config["Tty"]
         assert config["Labels"][LABEL_RUN_ID] == spec.run_id and config["Labels"][LABEL_APP] == "1"
