@@ -75,8 +75,9 @@ class PlainProgress:
     def __enter__(self) -> PlainProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        print(f"[fsrlm] {self.state.line()}", file=self.stream, flush=True)
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:  # a run that never started (bad input, no key) has nothing to sum up
+            print(f"[fsrlm] {self.state.line()}", file=self.stream, flush=True)
 
 
 class RichProgress:
