@@ -148,6 +148,7 @@ def plumbing_env() -> dict[str, str]:
         "HOME": hardening.HOME,
         "CLAUDE_CONFIG_DIR": f"{hardening.WORKSPACE}/.agent",
         "CLAUDE_CODE_TMPDIR": "/tmp",
+        "BASH_ENV": "/opt/fsrlm/agent-shell.sh",  # the agent's commands are the OOM killer's first choice
         "TMPDIR": "/tmp",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }

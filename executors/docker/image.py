@@ -89,6 +89,7 @@ def build_inputs() -> dict[str, Path]:
         "Dockerfile": sandbox / "Dockerfile",
         "entrypoint.sh": sandbox / "entrypoint.sh",
         "managed-settings.json": sandbox / "managed-settings.json",
+        "agent-shell.sh": sandbox / "agent-shell.sh",
         "relay.py": root / "tools" / "relay.py",
         "claude": cli_binary(),
     }
@@ -228,6 +229,7 @@ _CONTEXT = {
     "entrypoint.sh": ("rootfs/usr/local/bin/fsrlm-entrypoint", 0o755),
     "relay.py": ("rootfs/opt/fsrlm/relay.py", 0o644),
     "managed-settings.json": ("rootfs/etc/claude-code/managed-settings.json", 0o644),
+    "agent-shell.sh": ("rootfs/opt/fsrlm/agent-shell.sh", 0o644),
 }
 
 
