@@ -43,6 +43,7 @@ from benchmarks.oolong import (
     check_arguments,
     load_selected_rows,
     rows_to_run,
+    run_guarded,
     run_rows,
     score_row,
     selected_records,
@@ -59,9 +60,8 @@ from benchmarks.report import (
 )
 from fsrlm.broker import Broker, BrokerSettings
 from fsrlm.broker.upstreams import check_credentials
-from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
 from fsrlm.config import RLMConfig, load_config
-from fsrlm.errors import FsrlmError, InputError
+from fsrlm.errors import InputError
 from fsrlm.run import limits_of, new_run_id
 
 __all__ = ["RootModelAlone", "fit_context", "main"]
@@ -228,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     log = sys.stderr
     results = ResultsFile(args.out)
-    try:
+
+    def body() -> None:
         _check(args)
         config = load_config(args.fsrlm_config)
         rows = load_selected_rows(args)
@@ -246,14 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_rows(todo, solve, concurrency=args.concurrency, results=results,
                                  row_timeout=timeout + HARNESS_GRACE_SECONDS, method="root-only", progress=log))
         _print(selected_records(results, rows), rlm, as_json=args.json, source=str(results.path))
-    except FsrlmError as exc:
-        print(f"compare: {exc}", file=log)
-        code = exit_code_for_error(exc)
-        return int(code if code != ExitCode.NO_ANSWER else ExitCode.CONFIG_ERROR)
-    except KeyboardInterrupt:
-        print(f"compare: interrupted; finished rows are in {results.path}: rerun with --resume", file=log)
-        return int(ExitCode.INTERRUPTED)
-    return 0
+
+    return run_guarded("compare", results, body, log)
 
 
 if __name__ == "__main__":

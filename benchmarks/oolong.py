@@ -297,6 +297,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_guarded(name: str, results: ResultsFile, body: Callable[[], None], log=sys.stderr) -> int:
+    """Run a benchmark command's ``body``; turn user errors and Ctrl-C into one line and an exit code."""
+    try:
+        body()
+    except FsrlmError as exc:
+        print(f"{name}: {exc}", file=log)
+        code = exit_code_for_error(exc)
+        return int(code if code != ExitCode.NO_ANSWER else ExitCode.CONFIG_ERROR)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; finished rows are in {results.path}: rerun with --resume", file=log)
+        return int(ExitCode.INTERRUPTED)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
@@ -304,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     log = sys.stderr
     results = ResultsFile(args.out)
-    try:
+
+    def body() -> None:
         check_arguments(args)
         config = _build_config(args)
         rows = load_selected_rows(args)
@@ -326,14 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(report_json(records, source=str(results.path)), indent=2))
         else:
             print_tables(report_tables(records, title="OOLONG with fsRLM"))
-    except FsrlmError as exc:
-        print(f"oolong: {exc}", file=log)
-        code = exit_code_for_error(exc)
-        return int(code if code != ExitCode.NO_ANSWER else ExitCode.CONFIG_ERROR)
-    except KeyboardInterrupt:
-        print(f"oolong: interrupted; finished rows are in {results.path}: rerun with --resume", file=log)
-        return int(ExitCode.INTERRUPTED)
-    return 0
+
+    return run_guarded("oolong", results, body, log)
 
 
 if __name__ == "__main__":
