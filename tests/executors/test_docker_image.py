@@ -42,7 +42,7 @@ def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str]:
 
 def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     inputs = build_inputs()
-    assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "relay.py", "claude"}
+    assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "agent-shell.sh", "relay.py", "claude"}
     base = input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base == input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base != input_hash(inputs, "debian:bookworm")

@@ -101,22 +101,19 @@ def test_memory_bomb_is_killed_at_the_memory_limit(attack_run, finding, memory):
     f = finding(
         "resources", f"memory bomb (memory={memory})",
         tried=f"a child process allocating 8 MB blocks forever, with executor.memory={memory} (swap included)",
-        expected=f"the container never exceeds {limit} MB: the kernel OOM-kills the bomb"
-                 + ("; the agent survives and the run completes" if limit > 300 else
-                    "; if the agent itself is chosen (it needs ~150 MB), the run ends with sandbox_error "
-                    "naming the lack of memory"),
+        expected=f"the container never exceeds {limit} MB: the kernel OOM-kills the bomb (the agent's commands "
+                 "are its first choice); the run completes, or, if the agent is killed too (it needs ~150 MB), "
+                 "ends with sandbox_error naming the lack of memory",
     )
     run = attack_run(MEMORY_BOMB, sandbox={"memory": memory})
     found, result = run.findings, run.result
     if found:
         assert found["returncode"] == -9, found
         assert 0 < found["peak_mb"] < limit
-    if limit > 300:
-        assert result.success, result.errors
-    else:
-        assert result.stop_reason in ("completed", "sandbox_error"), (result.stop_reason, result.errors)
-        if result.stop_reason == "sandbox_error":
-            assert any("lack of memory" in e for e in result.errors), result.errors
+    # Which process the kernel kills depends on sizes at that moment; either way the run ends cleanly.
+    assert result.stop_reason in ("completed", "sandbox_error"), (result.stop_reason, result.errors)
+    if result.stop_reason == "sandbox_error":
+        assert any("lack of memory" in e for e in result.errors), result.errors
     bomb = (f"bomb SIGKILLed at {found['peak_mb']} MB" if found else "bomb and agent killed together")
     f.observed = f"{bomb}; run {result.stop_reason}" + (f" ({result.errors[0][:90]})" if result.errors else "")
 
