@@ -40,7 +40,7 @@ demo: setup image
 	$(PY) -m fsrlm.demo
 
 bench: setup image
-	$(PY) -m benchmarks.perf
+	$(FSRLM) bench perf
 
 security: setup image
 	$(PY) scripts/security-report.py $(PYTEST_ARGS)

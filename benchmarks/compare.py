@@ -10,7 +10,7 @@ line boundary, keeping its start, and the row is recorded with
 
 Usage::
 
-    python -m benchmarks.compare --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
+    fsrlm bench compare --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
         --out compare.jsonl --rlm-results results.jsonl
 
 With ``--rlm-results`` (the ``--out`` of ``benchmarks.oolong``) the RLM and the
@@ -33,23 +33,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from benchmarks.oolong import (
+from fsrlm.benchmarks.oolong import (
     HARNESS_GRACE_SECONDS,
     ResultsFile,
-    now_iso,
-    row_fields,
     add_row_arguments,
     check_arguments,
     load_selected_rows,
+    now_iso,
+    row_fields,
     rows_to_run,
     run_guarded,
     run_rows,
     score_row,
     selected_records,
 )
-from benchmarks.oolong_data import OolongRow
-from benchmarks.report import (
+from fsrlm.benchmarks.oolong_data import OolongRow
+from fsrlm.benchmarks.report import (
     RowResult,
     comparison_json,
     comparison_table,
@@ -58,6 +57,7 @@ from benchmarks.report import (
     report_json,
     report_tables,
 )
+
 from fsrlm.broker import Broker, BrokerSettings
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
@@ -179,7 +179,7 @@ class RootModelAlone:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.compare",
+        prog="fsrlm bench compare",
         description="Answer OOLONG rows with the root model alone (one call per row, through the broker).",
     )
     add_row_arguments(parser)

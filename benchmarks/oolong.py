@@ -10,9 +10,9 @@ with ``--resume``. At the end a report is printed (``--json`` for JSON).
 
 Usage::
 
-    python -m benchmarks.oolong --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
+    fsrlm bench oolong --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
         --limit 50 --concurrency 4 --out results.jsonl [--resume] [--json]
-    python -m benchmarks.oolong --dataset-name oolongbench/oolong-real --config dnd --split test
+    fsrlm bench oolong --dataset-name oolongbench/oolong-real --config dnd --split test
 
 Model, upstream, limits and executor come from the fsRLM configuration
 (``--fsrlm-config``, ``./fsrlm.toml``, ``FSRLM_*``), as for ``fsrlm run``.
@@ -35,11 +35,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.oolong_data import DEFAULT_DATASET, OolongRow, load_rows
-from benchmarks.oolong_scoring import score_answer, score_answer_detail
-from benchmarks.report import RowResult, json_safe, print_tables, read_results, report_json, report_tables
-from executors.configs import EXECUTOR_TYPES
-from executors.registry import create_executor
+from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, OolongRow, load_rows
+from fsrlm.benchmarks.oolong_scoring import score_answer, score_answer_detail
+from fsrlm.benchmarks.report import (
+    RowResult,
+    json_safe,
+    print_tables,
+    read_results,
+    report_json,
+    report_tables,
+)
+from fsrlm.executors.configs import EXECUTOR_TYPES
+from fsrlm.executors.registry import create_executor
+
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
 from fsrlm.config import RLMConfig, load_config
@@ -284,7 +292,7 @@ def _build_config(args: argparse.Namespace) -> RLMConfig:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.oolong",
+        prog="fsrlm bench oolong",
         description="Run OOLONG rows through fsRLM (one sandboxed RLM run per row) and report the scores.",
     )
     add_row_arguments(parser)

@@ -44,7 +44,7 @@ Size
 
 Command line::
 
-    python -m benchmarks.oolong_synth_gen --rows 20 --context-len 8192 --out rows.jsonl
+    fsrlm bench synth --rows 20 --context-len 8192 --out rows.jsonl
 """
 
 from __future__ import annotations
@@ -489,7 +489,7 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write generated rows to a JSONL (or ``.parquet``) file."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.oolong_synth_gen",
+        prog="fsrlm bench synth",
         description="Make OOLONG-style synth rows offline (labels recoverable by a scripted model).",
     )
     parser.add_argument("--rows", type=int, required=True, help="number of rows (questions)")

@@ -11,7 +11,7 @@ figures are the machinery's own cost, not a model's. Sections:
   parallel N concurrent runs per executor: throughput and failures
   remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
-Usage: python -m benchmarks.perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
+Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def _config(executor: str, url: str, tmp: Path, **extra: Any) -> RLMConfig:
 
 
 def _bare_cli(url: str, tmp: Path) -> float:
-    from executors.local import bundled_cli
+    from fsrlm.executors.local import bundled_cli
 
     ws = tmp / "bare"
     ws.mkdir(exist_ok=True)
@@ -301,7 +301,7 @@ SECTIONS = ("broker", "batch", "chunking", "runs", "jobs", "parallel", "remote")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fsrlm bench perf", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--executors", default=None, help="default: local,docker (docker when the engine is up)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 1 GB input, no 1000-call batches")
@@ -334,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if "remote" in only and "docker" in executors:
         if args.remote_host or os.geteuid() == 0:
-            from benchmarks.remote import bench_overhead, bench_transfer, remote_host
+            from fsrlm.benchmarks.remote import (
+                bench_overhead,
+                bench_transfer,
+                remote_host,
+            )
 
             with remote_host(args.remote_host) as host:
                 results["remote-docker vs docker, trivial 2-turn run"] = bench_overhead(host, 3 if quick else 5)

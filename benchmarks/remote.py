@@ -2,11 +2,11 @@
 how fast a workspace crosses the wire.
 
 The "remote host" is ``--remote-host URL`` (with the usual DOCKER_TLS_VERIFY / DOCKER_CERT_PATH),
-or else a second Docker daemon started on loopback for the measurement (``fsrlm.testing.dockerd``;
+or else a second Docker daemon started on loopback for the measurement (``tests/dockerd.py``, from a source checkout;
 needs root). On loopback the numbers are the machinery's own cost — archiving, the tunnel, the
 extra API calls — not a network's.
 
-    python -m benchmarks.remote [--reps 5] [--size-mb 100] [--remote-host tcp://…]
+    fsrlm bench remote [--reps 5] [--size-mb 100] [--remote-host tcp://…]
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from executors.base import BrokerEndpoint, SandboxSpec
-from executors.configs import RemoteDockerExecutorConfig
-from executors.docker.remote import RemoteDockerExecutor
+from fsrlm.executors.base import SandboxSpec
+from fsrlm.executors.configs import RemoteDockerExecutorConfig
+from fsrlm.executors.docker.remote import RemoteDockerExecutor
+
+from fsrlm.broker.endpoint import BrokerEndpoint
 from fsrlm.config import RLMConfig
 from fsrlm.rlm import RLM
 from fsrlm.testing.plans import bash_plan
@@ -115,16 +117,26 @@ def remote_host(url: str | None):
     if url:
         yield url
         return
-    from fsrlm.testing.dockerd import SecondDockerd
-
-    with SecondDockerd() as daemon:
+    with second_dockerd() as daemon:
         yield daemon.url
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks.perf import print_table
+def second_dockerd():
+    """The tests' throwaway second daemon (``tests/dockerd.py``): there only in a source checkout."""
+    tests = Path(__file__).resolve().parents[1] / "tests"  # benchmarks/ -> the repository
+    if not (tests / "dockerd.py").is_file():
+        raise SystemExit("fsrlm bench remote: no --remote-host given, and tests/dockerd.py (a throwaway second "
+                         "Docker daemon) exists only in a source checkout; give --remote-host tcp://HOST:2376")
+    sys.path.insert(0, str(tests))
+    from dockerd import SecondDockerd
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.remote", description=__doc__.splitlines()[0])
+    return SecondDockerd()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsrlm.benchmarks.perf import print_table
+
+    parser = argparse.ArgumentParser(prog="fsrlm bench remote", description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--size-mb", type=int, default=100)
     parser.add_argument("--remote-host", default=None, help="default: a second dockerd on loopback (root)")

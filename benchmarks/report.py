@@ -17,7 +17,7 @@ Tables go to a terminal through ``rich`` and anywhere else as plain text;
 
 Command line (re-print a report from files already written)::
 
-    python -m benchmarks.report oolong-results.jsonl [--compare oolong-compare.jsonl] [--json]
+    fsrlm bench report oolong-results.jsonl [--compare oolong-compare.jsonl] [--json]
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def print_tables(tables: Sequence[Table], out: TextIO | None = None, *, rich: bo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the report of OOLONG results already written by ``benchmarks.oolong``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="fsrlm bench report", description=main.__doc__)
     parser.add_argument("results", type=Path, help="results JSONL of benchmarks.oolong")
     parser.add_argument("--compare", type=Path, help="results JSONL of benchmarks.compare, shown side by side")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -22,7 +22,7 @@ and, copied verbatim, inside the agent's script: keep them standard-library only
 
 Offline demo::
 
-    python -m benchmarks.scripted_oolong --rows 10 --context-len 8192
+    fsrlm bench scripted-oolong --rows 10 --context-len 8192
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.oolong_synth_gen import DATASETS, generate_rows, recover_label
+from fsrlm.benchmarks.oolong_synth_gen import DATASETS, generate_rows, recover_label
+
 from fsrlm.testing.plans import Plan, default_responder, last_user_text, script_plan
 
 __all__ = [
@@ -275,10 +276,11 @@ def oolong_responder(body: dict) -> str | dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the OOLONG benchmark offline on generated rows against the SCRIPTED model."""
-    from benchmarks import oolong
+    from fsrlm.benchmarks import oolong
+
     from fsrlm.testing.scripted_model import ScriptedModelServer
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scripted_oolong", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="fsrlm bench scripted-oolong", description=main.__doc__)
     parser.add_argument("--rows", type=int, default=10)
     parser.add_argument("--context-len", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)

@@ -14,11 +14,13 @@ backend type.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from fsrlm.broker.endpoint import BrokerEndpoint
 
 # Label put on every container, volume and socket a run creates, so that
 # ``fsrlm gc`` can find leftovers of a crashed orchestrator.
@@ -26,20 +28,6 @@ LABEL_RUN_ID = "fsrlm.run-id"
 LABEL_CREATED = "fsrlm.created"
 LABEL_APP = "fsrlm"
 LABEL_ORCHESTRATOR = "fsrlm.orchestrator"  # executors/liveness.py: is the run still going?
-
-
-class BrokerEndpoint(BaseModel):
-    """How a sandbox can reach the run's broker on the host.
-
-    ``unix_socket`` always exists (mode 0600, in a private 0700 folder).
-    ``open_tcp`` asks the broker to also listen on a loopback port, for
-    backends whose agent runs on the host itself.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
-
-    unix_socket: Path
-    open_tcp: Callable[[], Awaitable[int]]
 
 
 class SandboxSpec(BaseModel):

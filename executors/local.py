@@ -19,9 +19,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from claude_agent_sdk import __file__ as _sdk_file
+from fsrlm.executors.base import (
+    AgentProcess,
+    ExecResult,
+    Executor,
+    Sandbox,
+    SandboxSpec,
+)
+from fsrlm.executors.configs import LocalExecutorConfig
 
-from executors.base import AgentProcess, ExecResult, Executor, Sandbox, SandboxSpec
-from executors.configs import LocalExecutorConfig
 from fsrlm.errors import ExecutorUnavailable, SandboxError
 
 STDOUT_LINE_LIMIT = 64 * 1024 * 1024

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import importlib
 
-from executors.base import Executor
-from executors.configs import EXECUTOR_TYPES
+from fsrlm.executors.base import Executor
+from fsrlm.executors.configs import EXECUTOR_TYPES
+
 from fsrlm.errors import ConfigError
 
 # name -> "module:Class"; modules load only when their backend is chosen, so
 # ``import fsrlm`` never imports the docker SDK.
 _BACKENDS: dict[str, str] = {
-    "local": "executors.local:LocalExecutor",
-    "docker": "executors.docker.executor:DockerExecutor",
-    "remote-docker": "executors.docker.remote:RemoteDockerExecutor",
+    "local": "fsrlm.executors.local:LocalExecutor",
+    "docker": "fsrlm.executors.docker.executor:DockerExecutor",
+    "remote-docker": "fsrlm.executors.docker.remote:RemoteDockerExecutor",
 }
 assert set(_BACKENDS) == set(EXECUTOR_TYPES)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from claude_agent_sdk import Transport
 
-from executors.base import AgentProcess, ExecResult, Sandbox
+from fsrlm.executors.base import AgentProcess, ExecResult, Sandbox
 
 logger = logging.getLogger(__name__)
 

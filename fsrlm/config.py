@@ -13,10 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from executors.configs import EXECUTOR_TYPES, DockerExecutorConfig, ExecutorConfig
 from fsrlm.errors import ConfigError
+from fsrlm.executors.configs import EXECUTOR_TYPES, DockerExecutorConfig, ExecutorConfig
 
 DEFAULT_CONFIG_FILE = "fsrlm.toml"
 ENV_PREFIX = "FSRLM_"

@@ -90,7 +90,13 @@ class EventLog:
 
     def agent_message(self, message: Any) -> None:
         """Turn an SDK message (assistant or user) into events."""
-        from claude_agent_sdk import AssistantMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
+        from claude_agent_sdk import (
+            AssistantMessage,
+            TextBlock,
+            ToolResultBlock,
+            ToolUseBlock,
+            UserMessage,
+        )
 
         if isinstance(message, AssistantMessage):
             for block in message.content:

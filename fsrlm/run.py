@@ -14,21 +14,27 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, SystemMessage, query
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ResultMessage,
+    SystemMessage,
+    query,
+)
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from executors.base import SandboxSpec
-from executors.registry import create_executor
 from fsrlm.agent import SandboxTransport, agent_env, cli_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError, InputError, SandboxError, WorkspaceError
 from fsrlm.events import EventLog, Subscriber
+from fsrlm.executors.base import SandboxSpec
+from fsrlm.executors.registry import create_executor
 from fsrlm.prompts import InputSummary, first_message, system_append
 from fsrlm.results import RLMResult, RunMetrics, StopReason
 from fsrlm.runstate import RunState, RunStateStore
-from fsrlm.workspace import INLINE_LIMIT, InputLike, Workspace
+from fsrlm.workspace import INLINE_LIMIT, Workspace
 
 logger = logging.getLogger(__name__)
 

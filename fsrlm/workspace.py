@@ -115,11 +115,10 @@ class Workspace:
         return cls(root, run_id, owned=False)
 
     def _install_template(self) -> None:
-        template = _package_dir("workspace_template")
+        template = _package_dir("fsrlm.workspace_template")
         shutil.copytree(template / ".claude", self.root / ".claude", dirs_exist_ok=True)
-        tools = _package_dir("tools")
-        for item in tools.iterdir():
-            if item.suffix in (".py", ".md") and item.name not in ("__init__.py", "relay.py"):
+        for item in _package_dir("fsrlm.tools.workspace").iterdir():  # the agent's tools, all of them
+            if item.suffix in (".py", ".md") and item.name != "__init__.py":
                 shutil.copy2(item, self.root / "tools" / item.name)
 
     # -- input --------------------------------------------------------------

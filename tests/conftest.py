@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import FAKE_UPSTREAM_KEY
 
 from fsrlm.config import RLMConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
-from support import FAKE_UPSTREAM_KEY
 
 EXECUTORS = ["local", "docker", "remote-docker"]
 
@@ -59,9 +59,8 @@ def executor_type(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def docker_image() -> str:
     """The sandbox image, built once per session (CI builds it before the tests)."""
-    from executors.docker.image import ensure_image
-
     import docker
+    from fsrlm.executors.docker.image import ensure_image
 
     client = docker.from_env()
     try:
@@ -73,7 +72,7 @@ def docker_image() -> str:
 @pytest.fixture(scope="session")
 def remote_docker_host() -> Iterator[Any]:
     """A second Docker daemon on 127.0.0.1 (plain TCP) playing a remote host; stopped and removed at the end."""
-    from fsrlm.testing.dockerd import SecondDockerd
+    from dockerd import SecondDockerd
 
     if os.geteuid() != 0:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("starting a second Docker daemon needs root")

@@ -18,15 +18,16 @@ def log_lines(n: int = 600, label: str = "ERROR", every: int = 13) -> tuple[str,
     return "\n".join(lines) + "\n", sum(1 for i in range(n) if i % every == 0)
 
 
-TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
+TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"  # relay.py, mux.py
+AGENT_TOOLS_DIR = TOOLS_DIR / "workspace"  # what each run folder's tools/ gets
 
 
 def load_tool(name: str):
-    """Import ``tools/<name>.py`` as the sandbox would: standalone, not as part of a package."""
+    """Import the agent's ``tools/<name>.py`` as the sandbox would: standalone, not as part of a package."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location(f"fsrlm_tools_{name}", TOOLS_DIR / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"fsrlm_tools_{name}", AGENT_TOOLS_DIR / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -71,7 +72,7 @@ print(json.dumps({
 
 def run_objects(client, run_id: str) -> list[str]:
     """Names of the containers and volumes a Docker engine still holds for ``run_id``."""
-    from executors.base import LABEL_RUN_ID
+    from fsrlm.executors.base import LABEL_RUN_ID
 
     filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
     return ([c.name for c in client.containers.list(all=True, filters=filters)]

@@ -10,16 +10,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from pydantic import BaseModel, ValidationError
-
-from executors.configs import (
+from fsrlm.executors.configs import (
     EXECUTOR_TYPES,
     DockerExecutorConfig,
     ExecutorConfig,
     LocalExecutorConfig,
     RemoteDockerExecutorConfig,
 )
-from executors.registry import create_executor, executor_names
+from fsrlm.executors.registry import create_executor, executor_names
+from pydantic import BaseModel, ValidationError
+
 from fsrlm.config import RLMConfig, build_config, load_config
 from fsrlm.errors import ConfigError
 
@@ -384,13 +384,13 @@ def test_registry_unknown_name_lists_valid_names() -> None:
 
 
 def test_registry_builds_local_executor() -> None:
-    from executors.local import LocalExecutor
+    from fsrlm.executors.local import LocalExecutor
 
     assert isinstance(create_executor(LocalExecutorConfig()), LocalExecutor)
 
 
 def test_import_fsrlm_does_not_import_docker() -> None:
-    code = ("import fsrlm, fsrlm.config, executors.registry, fsrlm.cli.main, sys; "
+    code = ("import fsrlm, fsrlm.config, fsrlm.executors.registry, fsrlm.cli.main, sys; "
             "assert 'docker' not in sys.modules, 'docker imported'; "
             "assert 'boto3' not in sys.modules, 'boto3 imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

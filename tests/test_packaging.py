@@ -1,4 +1,9 @@
-"""The wheel carries everything a user needs: packages, tools, the workspace template, images, the command."""
+"""The wheel carries everything a user needs, under one import package: ``fsrlm``.
+
+The repository's top-level folders map onto subpackages of ``fsrlm`` (pyproject's
+``[tool.setuptools.package-dir]``); the installed copy must have them all, and no other
+top-level name, and must run a job on its own.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("fsrlm", "executors", "tools", "workspace_template", "images")
+# repository folder -> where it lands in site-packages
+PACKAGES = {
+    "fsrlm": "fsrlm",
+    "executors": "fsrlm/executors",
+    "tools": "fsrlm/tools",
+    "benchmarks": "fsrlm/benchmarks",
+    "workspace_template": "fsrlm/workspace_template",
+    "images": "fsrlm/images",
+}
 REQUIRED = (
     "fsrlm/__init__.py",
     "fsrlm/cli/main.py",
-    "executors/__init__.py",
-    "executors/registry.py",
-    "tools/llm_client.py",
-    "tools/chunking.py",
-    "tools/relay.py",
-    "workspace_template/.claude/CLAUDE.md",
-    "workspace_template/.claude/skills/rlm/SKILL.md",
+    "fsrlm/executors/__init__.py",
+    "fsrlm/executors/registry.py",
+    "fsrlm/tools/workspace/llm_client.py",
+    "fsrlm/tools/workspace/chunking.py",
+    "fsrlm/tools/relay.py",
+    "fsrlm/tools/mux.py",
+    "fsrlm/workspace_template/.claude/CLAUDE.md",
+    "fsrlm/workspace_template/.claude/skills/rlm/SKILL.md",
+    "fsrlm/images/sandbox/Dockerfile",
+    "fsrlm/benchmarks/oolong.py",
 )
 SKIP_DIRS = {".venv", ".git", "build", "dist", "tests", "__pycache__", ".pytest_cache", ".ruff_cache", "runs"}
 
@@ -34,15 +50,30 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def source_files() -> set[str]:
-    """Every file of the shipped packages in the source tree, relative to the repository."""
+    """Every file of the shipped folders in the source tree, as its path in site-packages."""
     found: set[str] = set()
-    for package in PACKAGES:
-        for dirpath, dirnames, filenames in os.walk(REPO / package):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+    for folder, installed in PACKAGES.items():
+        for dirpath, dirnames, filenames in os.walk(REPO / folder):
+            dirnames[:] = [d for d in dirnames if d not in ("__pycache__", "executors", "tools", "benchmarks")
+                           or folder != "fsrlm"]
             for name in filenames:
                 if not name.endswith((".pyc", ".pyo")):
-                    found.add((Path(dirpath) / name).relative_to(REPO).as_posix())
+                    rel = (Path(dirpath) / name).relative_to(REPO / folder).as_posix()
+                    found.add(f"{installed}/{rel}")
     return found
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    """A new folder with an __init__.py must be added to [tool.setuptools] packages, or it is not shipped."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, installed in PACKAGES.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).as_posix()
+            found.add(installed.replace("/", ".") + ("" if rel == "." else "." + rel.replace("/", ".")))
+    assert found <= listed, sorted(found - listed)
 
 
 def build_wheel(tmp_path: Path) -> Path:
@@ -78,14 +109,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return venv, Path(purelib.stdout.strip())
 
 
-def test_wheel_has_required_files(installed: tuple[Path, Path]) -> None:
+def test_wheel_has_one_top_level_package(installed: tuple[Path, Path]) -> None:
     _, site = installed
-    for package in ("fsrlm", "executors"):
-        assert (site / package).is_dir(), package
+    [dist_info] = site.glob("fsrlm-*.dist-info")
+    [record] = [dist_info / "RECORD"]
+    top = {line.split("/", 1)[0].split(",", 1)[0] for line in record.read_text().splitlines()
+           if line and not line.startswith("../")}  # ../../../bin/fsrlm: the console script
+    assert top == {"fsrlm", dist_info.name}, top
+    names = sorted(p.name for p in site.iterdir() if p.name not in ("__pycache__",) and not p.name.endswith(".pth"))
+    assert names == ["fsrlm", dist_info.name], names
     missing = [rel for rel in REQUIRED if not (site / rel).is_file()]
     assert missing == []
-    if (REPO / "images" / "sandbox" / "Dockerfile").is_file():
-        assert (site / "images" / "sandbox" / "Dockerfile").is_file()
 
 
 def test_wheel_has_every_source_file_of_the_packages(installed: tuple[Path, Path]) -> None:
@@ -113,10 +147,25 @@ def test_installed_package_creates_a_workspace(installed: tuple[Path, Path], tmp
         "assert (ws.root / '.claude/CLAUDE.md').is_file(); "
         "assert (ws.root / '.claude/skills/rlm/SKILL.md').is_file(); "
         "assert (ws.root / 'tools/llm_client.py').is_file() and (ws.root / 'tools/chunking.py').is_file(); "
-        "assert not (ws.root / 'tools/relay.py').exists(); print('ok')"
+        "assert not (ws.root / 'tools/relay.py').exists() and not (ws.root / 'tools/mux.py').exists(); print('ok')"
     )
     # The dependencies (pydantic, ...) come from the test environment; fsrlm itself from the fresh venv.
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
     proc = run([str(venv / "bin" / "python"), "-c", code], env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_installed_copy_runs_a_scripted_job(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """`make demo`'s job (the real CLI, the broker, a scripted model) run by the installed copy alone."""
+    venv, site = installed
+    code = (
+        "import sys, fsrlm, fsrlm.executors, fsrlm.tools; from pathlib import Path; "
+        f"site = Path({str(site)!r}); "
+        "assert all(Path(m.__file__).is_relative_to(site) for m in (fsrlm, fsrlm.executors, fsrlm.tools)); "
+        "from fsrlm.demo import main; sys.exit(main())"
+    )
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], "FSRLM_EXECUTOR": "local"}
+    proc = run([str(venv / "bin" / "python"), "-c", code], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("success=True") == 2, proc.stdout

@@ -17,9 +17,14 @@ import logging
 import time
 
 import docker.errors
+from fsrlm.executors.base import (
+    LABEL_APP,
+    LABEL_CREATED,
+    LABEL_ORCHESTRATOR,
+    LABEL_RUN_ID,
+)
+from fsrlm.executors.liveness import orchestrator_alive
 
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
-from executors.liveness import orchestrator_alive
 from fsrlm.errors import SandboxError
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from executors.configs import RemoteDockerExecutorConfig
+from fsrlm.executors.configs import RemoteDockerExecutorConfig
+
 from fsrlm.errors import ExecutorUnavailable
 
 DEFAULT_LOCAL = "unix:///var/run/docker.sock"
@@ -110,7 +111,7 @@ def docker_client(endpoint: Endpoint, *, timeout: float):
     host = endpoint.host
     tls = None
     if host.startswith("ssh://"):
-        from executors.docker.sshdial import SSHDialer
+        from fsrlm.executors.docker.sshdial import SSHDialer
 
         host = f"unix://{SSHDialer.shared(host).socket_path}"
     elif endpoint.tls_dir is not None:
@@ -144,7 +145,7 @@ def explain(endpoint: Endpoint, e: BaseException, timeout: float) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     where = f"the Docker host {endpoint.label}"
     if endpoint.host.startswith("ssh://"):
-        from executors.docker.sshdial import SSHDialer
+        from fsrlm.executors.docker.sshdial import SSHDialer
 
         ssh = SSHDialer.shared(endpoint.host).last_error
         if ssh:

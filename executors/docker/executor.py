@@ -24,11 +24,12 @@ import shutil
 import stat
 from pathlib import Path
 
-from executors.base import Executor, Sandbox, SandboxSpec
-from executors.configs import DockerExecutorConfig
-from executors.docker import cleanup, hardening
-from executors.docker.image import cli_binary, ensure_image
-from executors.docker.process import DockerAgentProcess
+from fsrlm.executors.base import Executor, Sandbox, SandboxSpec
+from fsrlm.executors.configs import DockerExecutorConfig
+from fsrlm.executors.docker import cleanup, hardening
+from fsrlm.executors.docker.image import cli_binary, ensure_image
+from fsrlm.executors.docker.process import DockerAgentProcess
+
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
 
 logger = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class DockerSandbox(Sandbox):
         if isinstance(e, SandboxError):
             return e
         if isinstance(e, docker.errors.ImageNotFound):
-            return ImageError(f"Cannot {what}: image {self._image} is missing; `python -m executors.docker.image`.")
+            return ImageError(f"Cannot {what}: image {self._image} is missing; `fsrlm image build`.")
         if isinstance(e, docker.errors.APIError):
             return SandboxError(f"Cannot {what} for run {self.run_id}: {_docker_message(e)}")
         return SandboxError(f"Cannot {what} for run {self.run_id}: {e}; {self._fix()}")

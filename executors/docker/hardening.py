@@ -28,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from docker.types import Mount
-
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
-from executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
-from executors.liveness import orchestrator_id
+from fsrlm.executors.base import (
+    LABEL_APP,
+    LABEL_CREATED,
+    LABEL_ORCHESTRATOR,
+    LABEL_RUN_ID,
+)
+from fsrlm.executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
+from fsrlm.executors.liveness import orchestrator_id
 
 WORKSPACE = "/workspace"
 HOME = "/home/sandbox"

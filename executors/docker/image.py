@@ -1,18 +1,20 @@
 """Build the sandbox image, once, and never use a stale one.
 
 ``ensure_image`` assembles the build context (``images/sandbox/``, the
-in-sandbox relay from ``tools/relay.py`` and the Claude Code CLI binary from
-the installed ``claude-agent-sdk`` wheel), fingerprints it, and builds
-``fsrlm-sandbox:<fsrlm version>`` labelled ``fsrlm.image-hash=<fingerprint>``.
-When an image with that tag and fingerprint exists it returns at once; an
-image whose fingerprint differs is rebuilt, never used.
+in-sandbox relay ``tools/relay.py`` with its framing module ``tools/mux.py``,
+and the Claude Code CLI binary from the installed ``claude-agent-sdk`` wheel),
+fingerprints it, and builds ``fsrlm-sandbox:<fsrlm version>-<fingerprint>``
+labelled ``fsrlm.image-hash=<fingerprint>``. When an image with that tag and
+fingerprint exists it returns at once; an image whose fingerprint differs is
+rebuilt, never used. The tag names the content, so two checkouts of different
+code never build over each other's image.
 
 The base image (``BASE_IMAGE``, default ``python:3.11-slim-bookworm``) is used
 when present, pulled when possible, and otherwise replaced by
 ``fsrlm-base:bookworm`` built from Debian packages by
 ``images/base/build-base.sh`` (for hosts that cannot reach a registry).
 
-``python -m executors.docker.image`` builds it and prints the tag.
+``fsrlm image build`` builds it and prints the tag.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
@@ -58,13 +61,14 @@ def fsrlm_version() -> str:
         return "0.0.0"
 
 
-def default_tag() -> str:
-    return f"{IMAGE_REPO}:{fsrlm_version()}"
+def default_tag(base_image: str | None = None) -> str:
+    """``fsrlm-sandbox:<version>-<fingerprint>``: tagged by content, so two checkouts of different code
+    (or two installs) never rebuild one tag over each other."""
+    return f"{IMAGE_REPO}:{fsrlm_version()}-{expected_hash(base_image)[:12]}"
 
 
-def _package_root() -> Path:
-    # executors/docker/image.py -> the folder holding images/ and tools/
-    return Path(__file__).resolve().parents[2]
+def _package_file(package: str, *parts: str) -> Path:
+    return Path(str(resources.files(package).joinpath(*parts)))
 
 
 def cli_binary() -> Path:
@@ -83,14 +87,14 @@ def cli_binary() -> Path:
 
 def build_inputs() -> dict[str, Path]:
     """Build-context name -> source file."""
-    root = _package_root()
-    sandbox = root / "images" / "sandbox"
+    sandbox = _package_file("fsrlm.images", "sandbox")
     inputs = {
         "Dockerfile": sandbox / "Dockerfile",
         "entrypoint.sh": sandbox / "entrypoint.sh",
         "managed-settings.json": sandbox / "managed-settings.json",
         "agent-shell.sh": sandbox / "agent-shell.sh",
-        "relay.py": root / "tools" / "relay.py",
+        "relay.py": _package_file("fsrlm.tools", "relay.py"),
+        "mux.py": _package_file("fsrlm.tools", "mux.py"),
         "claude": cli_binary(),
     }
     missing = [str(p) for p in inputs.values() if not p.is_file()]
@@ -180,7 +184,7 @@ def _pull(client, image: str, timeout: float) -> bool:
 
 def build_local_base(tag: str = LOCAL_BASE_IMAGE) -> str:
     """Build a Debian bookworm + python3 base from Debian packages (no registry)."""
-    script = _package_root() / "images" / "base" / "build-base.sh"
+    script = _package_file("fsrlm.images", "base", "build-base.sh")
     logger.info("building the base image %s from Debian packages (about 20 s)", tag)
     try:
         proc = subprocess.run(
@@ -228,6 +232,7 @@ _CONTEXT = {
     "claude": ("claude", 0o755),
     "entrypoint.sh": ("rootfs/usr/local/bin/fsrlm-entrypoint", 0o755),
     "relay.py": ("rootfs/opt/fsrlm/relay.py", 0o644),
+    "mux.py": ("rootfs/opt/fsrlm/mux.py", 0o644),
     "managed-settings.json": ("rootfs/etc/claude-code/managed-settings.json", 0o644),
     "agent-shell.sh": ("rootfs/opt/fsrlm/agent-shell.sh", 0o644),
 }
@@ -305,7 +310,7 @@ def ensure_image(
     Fast no-op when ``tag`` already carries the current fingerprint. ``force``
     rebuilds without the layer cache. Raises ``ImageError`` with what to do.
     """
-    tag = tag or default_tag()
+    tag = tag or default_tag(base_image)
     inputs = build_inputs()
     requested_base = base_image or DEFAULT_BASE_IMAGE
     digest = input_hash(inputs, requested_base)
@@ -358,7 +363,7 @@ def build_image_cli(*, tag: str | None = None, base_image: str | None = None, fo
 
 def main(argv: list[str] | None = None) -> int:
     """Build the fsRLM sandbox image if needed and print its tag."""
-    parser = argparse.ArgumentParser(prog="python -m executors.docker.image", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fsrlm.executors.docker.image", description=main.__doc__)
     parser.add_argument("--tag", default=None, help=f"image tag (default {default_tag()})")
     parser.add_argument("--base-image", default=None, help=f"base image with python3 (default {DEFAULT_BASE_IMAGE})")
     parser.add_argument("--force", action="store_true", help="rebuild without the layer cache")

@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 
 import docker.errors
 import requests.exceptions
+from fsrlm.executors.base import AgentProcess, ExecResult
+from fsrlm.executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
 
-from executors.base import AgentProcess, ExecResult
-from executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
 from fsrlm.errors import SandboxError
 
 logger = logging.getLogger(__name__)

@@ -26,15 +26,21 @@ import secrets
 import stat
 import time
 
-from executors.base import Executor, SandboxSpec
-from executors.configs import RemoteDockerExecutorConfig
-from executors.docker import cleanup, hardening
-from executors.docker.archive import WorkspacePacker, extract_archive
-from executors.docker.endpoint import Endpoint, connect, resolve_endpoint
-from executors.docker.executor import DockerSandbox, _connect, _safe_name, check_spec
-from executors.docker.process import DockerAgentProcess
-from executors.docker.ship import remote_image
-from executors.docker.tunnel import BrokerTunnel
+from fsrlm.executors.base import Executor, SandboxSpec
+from fsrlm.executors.configs import RemoteDockerExecutorConfig
+from fsrlm.executors.docker import cleanup, hardening
+from fsrlm.executors.docker.archive import WorkspacePacker, extract_archive
+from fsrlm.executors.docker.endpoint import Endpoint, connect, resolve_endpoint
+from fsrlm.executors.docker.executor import (
+    DockerSandbox,
+    _connect,
+    _safe_name,
+    check_spec,
+)
+from fsrlm.executors.docker.process import DockerAgentProcess
+from fsrlm.executors.docker.ship import remote_image
+from fsrlm.executors.docker.tunnel import BrokerTunnel
+
 from fsrlm.errors import SandboxError
 from fsrlm.safe_fs import open_beneath
 

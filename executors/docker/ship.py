@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from executors.docker.image import (
+from fsrlm.executors.docker.image import (
     LABEL_IMAGE_HASH,
     _build_lock,
     _image_or_none,
@@ -22,6 +22,7 @@ from executors.docker.image import (
     ensure_image,
     expected_hash,
 )
+
 from fsrlm.errors import ExecutorUnavailable, ImageError
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ keeps ``network_mode=none``. Instead ``BrokerTunnel`` starts
 container and holds that exec's raw stream (``exec_start(socket=True)``; plain
 or TLS, see ``stream.py``). Inside, the relay listens on ``127.0.0.1:8080`` and
 carries each connection as a channel of the framed protocol described in
-``tools/relay.py`` (the same ``Mux`` class runs on both ends). Here, every
+``tools/mux.py`` (the same ``Mux`` class runs on both ends). Here, every
 channel the relay opens becomes a fresh connection to ``spec.broker.unix_socket``.
 
 Bytes to the relay go raw to the exec's stdin; what it writes comes back in
@@ -24,10 +24,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from executors.docker import hardening
-from executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
+from fsrlm.executors.docker import hardening
+from fsrlm.executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
+from fsrlm.tools.mux import HELLO, VERSION, FrameReader, Mux, TunnelError
+
 from fsrlm.errors import SandboxError
-from tools.relay import HELLO, VERSION, FrameReader, Mux, TunnelError
 
 logger = logging.getLogger(__name__)
 

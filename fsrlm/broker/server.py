@@ -25,16 +25,16 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from executors.base import BrokerEndpoint
 from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
 from fsrlm.broker.connections import limit_connections
+from fsrlm.broker.endpoint import BrokerEndpoint
 from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
 from fsrlm.broker.pricing import cost_usd
-from fsrlm.broker.upstreams.retry import with_retries
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
+from fsrlm.broker.upstreams.retry import with_retries
 from fsrlm.config import UpstreamConfig
 from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
 

@@ -26,8 +26,8 @@ from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
 from fsrlm.broker.limits import RunLedger
 from fsrlm.broker.pricing import cost_usd
-from fsrlm.broker.upstreams.retry import with_retries
 from fsrlm.broker.upstreams import Upstream
+from fsrlm.broker.upstreams.retry import with_retries
 from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
 from fsrlm.safe_fs import write_beneath
 

@@ -7,10 +7,14 @@ import json
 
 import click
 
-from executors.configs import DockerExecutorConfig, LocalExecutorConfig, RemoteDockerExecutorConfig
-from executors.registry import create_executor
 from fsrlm.broker.server import remove_stale_socket_dirs
 from fsrlm.errors import ExecutorUnavailable
+from fsrlm.executors.configs import (
+    DockerExecutorConfig,
+    LocalExecutorConfig,
+    RemoteDockerExecutorConfig,
+)
+from fsrlm.executors.registry import create_executor
 
 
 @click.command()

@@ -18,7 +18,7 @@ def image() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def build(base_image: str | None, force: bool, as_json: bool) -> None:
     """Build (or reuse) the sandbox image for this fsRLM version."""
-    from executors.docker.image import build_image_cli
+    from fsrlm.executors.docker.image import build_image_cli
 
     tag = build_image_cli(base_image=base_image, force=force)
     click.echo(json.dumps({"image": tag}) if as_json else tag)

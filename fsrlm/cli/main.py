@@ -41,6 +41,7 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
+    from fsrlm.cli.bench import bench
     from fsrlm.cli.gc import gc
     from fsrlm.cli.image import image
     from fsrlm.cli.resume import resume
@@ -52,6 +53,7 @@ def _register() -> None:
     cli.add_command(resume)
     cli.add_command(image)
     cli.add_command(view)
+    cli.add_command(bench)
 
 
 _register()

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from executors.configs import EXECUTOR_TYPES
 from fsrlm.cli.output import print_result
 from fsrlm.cli.progress import make_progress
 from fsrlm.config import load_config
 from fsrlm.errors import InputError
+from fsrlm.executors.configs import EXECUTOR_TYPES
 from fsrlm.rlm import RLM
 
 

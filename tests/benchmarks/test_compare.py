@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fsrlm.benchmarks import compare, oolong
+from fsrlm.benchmarks.compare import PROMPT_OVERHEAD_TOKENS, fit_context
+from fsrlm.benchmarks.oolong_synth_gen import generate_rows
+from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
 from support import FAKE_UPSTREAM_KEY
 from test_oolong_runner import records, write_fsrlm_toml, write_rows
 
-from benchmarks import compare, oolong
-from benchmarks.compare import PROMPT_OVERHEAD_TOKENS, fit_context
-from benchmarks.oolong_synth_gen import generate_rows
-from benchmarks.scripted_oolong import oolong_plan, oolong_responder
 from fsrlm.testing.plans import last_user_text
 from fsrlm.testing.scripted_model import ScriptedModelServer
 

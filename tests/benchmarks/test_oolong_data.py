@@ -14,10 +14,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from benchmarks.oolong_data import OolongDataError, OolongRow, load_rows, row_from_record
-from benchmarks.oolong_scoring import parse_synth_gold, score_answer
-from benchmarks.oolong_synth_gen import (
+from fsrlm.benchmarks.oolong_data import (
+    OolongDataError,
+    OolongRow,
+    load_rows,
+    row_from_record,
+)
+from fsrlm.benchmarks.oolong_scoring import parse_synth_gold, score_answer
+from fsrlm.benchmarks.oolong_synth_gen import (
     DATASETS,
     generate_rows,
     main,

@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAKE_UPSTREAM_KEY
-
-from benchmarks import oolong
-from benchmarks.oolong import ResultsFile, failed_result, run_rows
-from benchmarks.oolong_data import OolongRow, row_from_record
-from benchmarks.oolong_scoring import score_answer as scoring_score_answer
-from benchmarks.oolong_synth_gen import generate_rows
-from benchmarks.report import (
+from fsrlm.benchmarks import oolong
+from fsrlm.benchmarks.oolong import ResultsFile, failed_result, run_rows
+from fsrlm.benchmarks.oolong_data import OolongRow, row_from_record
+from fsrlm.benchmarks.oolong_scoring import score_answer as scoring_score_answer
+from fsrlm.benchmarks.oolong_synth_gen import generate_rows
+from fsrlm.benchmarks.report import (
     PAPER_REFERENCE,
     RowResult,
     print_tables,
@@ -25,7 +23,9 @@ from benchmarks.report import (
     report_tables,
     summarise,
 )
-from benchmarks.scripted_oolong import oolong_plan, oolong_responder
+from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
+from support import FAKE_UPSTREAM_KEY
+
 from fsrlm.errors import InputError
 from fsrlm.testing.plans import FinalStep, Plan, first_user_text
 from fsrlm.testing.scripted_model import ScriptedModelServer

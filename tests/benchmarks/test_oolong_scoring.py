@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
-from benchmarks.oolong_scoring import (
+from fsrlm.benchmarks.oolong_scoring import (
     extract_real_candidate,
     extract_synth_candidate,
     parse_real_answer,

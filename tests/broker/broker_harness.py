@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from executors.base import BrokerEndpoint
+from fsrlm.broker.endpoint import BrokerEndpoint
 from fsrlm.broker.server import Broker
 
 TOKEN = "fsrlm-run-token-0123456789abcdef"

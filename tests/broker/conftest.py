@@ -8,13 +8,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from broker_harness import LIMITS, SUBMODEL, TOKEN, BrokerHandle
+from support import FAKE_UPSTREAM_KEY
+
 from fsrlm.broker.limits import RunLimits, SharedLedger
 from fsrlm.broker.server import Broker, BrokerSettings
 from fsrlm.config import UpstreamConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
-from support import FAKE_UPSTREAM_KEY
 
 StartBroker = Callable[..., Awaitable[BrokerHandle]]
 

@@ -21,8 +21,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
-
 from broker_harness import TOKEN
+
 from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.broker.upstreams.bedrock import BEDROCK_ANTHROPIC_VERSION

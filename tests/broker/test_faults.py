@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from broker_harness import SCRIPT
 from support import FAKE_UPSTREAM_KEY
+
 from fsrlm.config import UpstreamConfig
 from fsrlm.testing.scripted_model import Fault
 

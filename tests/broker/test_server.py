@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from broker_harness import SCRIPT, SUBMODEL, TOKEN, ask
 from support import FAKE_UPSTREAM_KEY
+
 from fsrlm.broker.cache import cache_key
 from fsrlm.broker.subcalls import parse_request
 from fsrlm.testing.scripted_model import FinalStep, Plan, ScriptedModelServer

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from support import log_lines  # tests/support.py, on sys.path through the root conftest
 
 from fsrlm.cli.main import cli
 from fsrlm.testing.plans import count_label_plan
 from fsrlm.testing.scripted_model import ScriptedModelServer
-from support import log_lines  # tests/support.py, on sys.path through the root conftest
 
 RESULT_KEYS = {"answer", "success", "stop_reason", "metrics", "errors", "workspace_path", "run_id"}
 

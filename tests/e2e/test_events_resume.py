@@ -15,7 +15,14 @@ from support import FAKE_UPSTREAM_KEY, log_lines
 
 from fsrlm import RLM
 from fsrlm.events import read_events
-from fsrlm.testing.plans import FinalStep, Plan, ToolStep, count_label_plan, last_user_text, working_directory
+from fsrlm.testing.plans import (
+    FinalStep,
+    Plan,
+    ToolStep,
+    count_label_plan,
+    last_user_text,
+    working_directory,
+)
 
 
 def test_stream_yields_typed_events_in_order(scripted, make_config):

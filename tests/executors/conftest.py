@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from fsrlm.executors.base import SandboxSpec
 
-from executors.base import BrokerEndpoint, SandboxSpec
+from fsrlm.broker.endpoint import BrokerEndpoint
 
 FAKE_ANSWER = "pong from the fake broker"
 
@@ -213,7 +214,7 @@ def make_tar() -> Callable[[list[tuple[str, object]]], bytes]:
 @pytest.fixture(scope="session")
 def remote_tls_host() -> Iterator[object]:
     """A second Docker daemon on 127.0.0.1 behind --tlsverify (certificates made for the session)."""
-    from fsrlm.testing.dockerd import SecondDockerd
+    from dockerd import SecondDockerd
 
     if os.geteuid() != 0:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("starting a second Docker daemon needs root")

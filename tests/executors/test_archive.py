@@ -13,8 +13,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from executors.docker.archive import ArchiveError, WorkspacePacker, extract_archive, stays_inside
+from fsrlm.executors.docker.archive import (
+    ArchiveError,
+    WorkspacePacker,
+    extract_archive,
+    stays_inside,
+)
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "max_files": 1000}
 

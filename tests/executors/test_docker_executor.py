@@ -14,16 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-
-from executors.base import LABEL_APP, LABEL_CREATED, LABEL_ORCHESTRATOR, LABEL_RUN_ID
-from executors.configs import DockerExecutorConfig
-from executors.docker import cleanup, hardening
-from executors.docker.executor import DockerExecutor, check_agent_env, chown_tree
-from executors.liveness import orchestrator_id
-from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
-from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
-from executors.docker.image import cli_binary
+from fsrlm.executors.base import (
+    LABEL_APP,
+    LABEL_CREATED,
+    LABEL_ORCHESTRATOR,
+    LABEL_RUN_ID,
+)
+from fsrlm.executors.configs import DockerExecutorConfig
+from fsrlm.executors.docker import cleanup, hardening
+from fsrlm.executors.docker.executor import DockerExecutor, check_agent_env, chown_tree
+from fsrlm.executors.docker.image import cli_binary
+from fsrlm.executors.liveness import orchestrator_id
 from support import SANDBOX_PROBE, run_objects
+
+from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
+from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
 
 # --------------------------------------------------------------------------- no engine needed
 
@@ -255,8 +260,8 @@ async def test_cli_turn_reaches_the_broker_and_obeys_the_policy(
 
 async def test_policy_control_the_host_cli_offers_web_tools(fake_broker, tmp_path, unused_tcp_port) -> None:
     """Control for the test above: without the managed policy the same CLI does mention the web tools."""
-    from executors.docker.image import cli_binary
-    from tools import relay
+    from fsrlm.executors.docker.image import cli_binary
+    from fsrlm.tools import relay
 
     task = asyncio.ensure_future(relay.serve("127.0.0.1", unused_tcp_port, str(fake_broker.socket)))
     try:
@@ -418,7 +423,7 @@ async def test_cli_runs_as_a_uid_without_passwd_entry(
     docker_image, make_spec, agent_env, run_to_end, fake_broker, workspace, monkeypatch
 ) -> None:
     """A non-root orchestrator runs the container as its own uid, which the image does not know."""
-    import executors.docker.executor as executor_mod
+    import fsrlm.executors.docker.executor as executor_mod
 
     monkeypatch.setattr(executor_mod, "sandbox_user", lambda: (4242, 4242))
     executor = await _ready_executor()

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-
-from executors.docker import image as image_mod
-from executors.docker.image import (
+from fsrlm.executors.docker import image as image_mod
+from fsrlm.executors.docker.image import (
     DEFAULT_BASE_IMAGE,
     LABEL_IMAGE_HASH,
     LOCAL_BASE_IMAGE,
@@ -22,6 +21,7 @@ from executors.docker.image import (
     input_hash,
     resolve_base_image,
 )
+
 from fsrlm.errors import ExecutorUnavailable, ImageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,8 @@ def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str]:
 
 def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     inputs = build_inputs()
-    assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "agent-shell.sh", "relay.py", "claude"}
+    assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "agent-shell.sh", "relay.py", "mux.py",
+                           "claude"}
     base = input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base == input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base != input_hash(inputs, "debian:bookworm")
@@ -50,6 +51,17 @@ def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     changed["relay.py"] = tmp_path / "relay.py"
     changed["relay.py"].write_text(inputs["relay.py"].read_text() + "\n# changed\n")
     assert input_hash(changed, DEFAULT_BASE_IMAGE) != base
+
+
+def test_default_tag_names_the_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two checkouts with different image inputs get different tags, so neither rebuilds over the other's."""
+    tag = image_mod.default_tag()
+    assert tag == f"fsrlm-sandbox:{image_mod.fsrlm_version()}-{image_mod.expected_hash()[:12]}"
+    real = build_inputs()
+    edited = tmp_path / "entrypoint.sh"
+    edited.write_text(real["entrypoint.sh"].read_text() + "\n# another checkout\n")
+    monkeypatch.setattr(image_mod, "build_inputs", lambda: {**real, "entrypoint.sh": edited})
+    assert image_mod.default_tag() != tag
 
 
 def test_build_without_daemon_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -104,7 +116,7 @@ def test_stale_image_is_rebuilt(docker_image: str, docker_client, monkeypatch, t
 @pytest.mark.docker
 def test_image_contents(docker_image: str, docker_client) -> None:
     script = (
-        "id -u; id -g; cat /etc/claude-code/managed-settings.json; echo ---; sha256sum /opt/fsrlm/relay.py; "
+        "id -u; id -g; cat /etc/claude-code/managed-settings.json; echo ---; sha256sum /opt/fsrlm/relay.py /opt/fsrlm/mux.py; "
         "stat -c %s /usr/local/bin/claude; echo $CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC $HOME"
     )
     code, out = _run(docker_client, docker_image, ["sh", "-c", script], entrypoint=[])
@@ -114,10 +126,11 @@ def test_image_contents(docker_image: str, docker_client) -> None:
     assert (uid, gid) == ("1000", "1000")
     assert json.loads(settings) == json.loads((ROOT / "images/sandbox/managed-settings.json").read_text())
     assert {"WebFetch", "WebSearch"} <= set(json.loads(settings)["permissions"]["deny"])
-    relay_sum, cli_size, env_line = tail.strip().splitlines()
+    relay_sum, mux_sum, cli_size, env_line = tail.strip().splitlines()
     import hashlib
 
     assert relay_sum.split()[0] == hashlib.sha256((ROOT / "tools/relay.py").read_bytes()).hexdigest()
+    assert mux_sum.split()[0] == hashlib.sha256((ROOT / "tools/mux.py").read_bytes()).hexdigest()
     assert int(cli_size) == build_inputs()["claude"].stat().st_size
     assert env_line == "1 /home/sandbox"
 

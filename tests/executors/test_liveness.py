@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-from executors.base import LABEL_CREATED, LABEL_ORCHESTRATOR
-from executors.docker.cleanup import _keep
-from executors.liveness import orchestrator_alive, orchestrator_id
+from fsrlm.executors.base import LABEL_CREATED, LABEL_ORCHESTRATOR
+from fsrlm.executors.docker.cleanup import _keep
+from fsrlm.executors.liveness import orchestrator_alive, orchestrator_id
 
 
 def test_this_process_is_alive() -> None:
@@ -21,7 +21,7 @@ def test_this_process_is_alive() -> None:
 def test_a_finished_process_is_gone_and_a_reused_pid_is_not_it() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        from executors.liveness import _BOOT_ID, _start_time
+        from fsrlm.executors.liveness import _BOOT_ID, _start_time
 
         label = f"{_BOOT_ID.read_text().strip()}/{child.pid}/{_start_time(child.pid)}"
         assert orchestrator_alive(label) is True

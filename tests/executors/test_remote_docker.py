@@ -14,16 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from executors.base import LABEL_APP, LABEL_RUN_ID
-from executors.configs import RemoteDockerExecutorConfig
-from executors.docker import hardening
-from executors.docker.endpoint import resolve_endpoint
-from executors.docker.image import LABEL_IMAGE_HASH, expected_hash
-from executors.docker.remote import RemoteDockerExecutor
-from fsrlm.errors import ExecutorUnavailable, SandboxError
-from fsrlm.testing.dockerd import free_port
+from dockerd import free_port
+from fsrlm.executors.base import LABEL_APP, LABEL_RUN_ID
+from fsrlm.executors.configs import RemoteDockerExecutorConfig
+from fsrlm.executors.docker import hardening
+from fsrlm.executors.docker.endpoint import resolve_endpoint
+from fsrlm.executors.docker.image import LABEL_IMAGE_HASH, expected_hash
+from fsrlm.executors.docker.remote import RemoteDockerExecutor
 from support import SANDBOX_PROBE, run_objects
+
+from fsrlm.errors import ExecutorUnavailable, SandboxError
+
 
 @pytest.fixture
 def remote(remote_docker_host, docker_image, monkeypatch) -> RemoteDockerExecutor:
@@ -246,7 +247,7 @@ def test_endpoint_resolution(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 async def test_a_stale_image_on_the_host_is_replaced(remote_docker_host, remote_client, docker_image) -> None:
-    from executors.docker.image import default_tag
+    from fsrlm.executors.docker.image import default_tag
 
     current = remote_client.images.get(default_tag()) if remote_client.images.list(default_tag()) else None
     if current is None:  # first test to need the image: ship it
@@ -330,7 +331,7 @@ while data := s.recv(65536):
 @pytest.mark.docker
 async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image, make_spec, agent_env,
                                                 run_to_end, tmp_path, monkeypatch) -> None:
-    from executors.docker.sshdial import SSHDialer
+    from fsrlm.executors.docker.sshdial import SSHDialer
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -352,7 +353,7 @@ async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image
 
 
 async def test_ssh_failure_says_what_ssh_said(tmp_path, monkeypatch) -> None:
-    from executors.docker.sshdial import SSHDialer
+    from fsrlm.executors.docker.sshdial import SSHDialer
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from security_support import (
+    PREAMBLE,
+    AttackRun,
+    our_containers,
+    read_findings,
+    run_processes,
+)
 
 from fsrlm import RLM
 from fsrlm.testing.plans import script_plan
-from security_support import PREAMBLE, AttackRun, our_containers, read_findings, run_processes
 
 FINDING_KEY = "security_finding"
 

@@ -13,13 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import anthropic
+import claude_agent_sdk
 import pytest
 
-import claude_agent_sdk
 from fsrlm.testing.plans import count_script, default_responder, working_directory
 from fsrlm.testing.scripted_model import (
-    FinalStep,
     Fault,
+    FinalStep,
     Plan,
     ScriptedModelServer,
     ToolStep,

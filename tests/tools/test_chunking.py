@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import random
-import sys
 import tracemalloc
 from pathlib import Path
 
 import pytest
-
-from support import TOOLS_DIR as TOOLS, load_tool
-
+from support import load_tool
 
 ch = load_tool("chunking")
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from support import AGENT_TOOLS_DIR as TOOLS
+from support import load_tool
 
-from support import TOOLS_DIR as TOOLS, load_tool
 TOKEN = "run-token-123"
 
 

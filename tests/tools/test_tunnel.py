@@ -1,4 +1,4 @@
-"""The broker tunnel's protocol (tools/relay.py ``Mux``), without Docker.
+"""The broker tunnel's protocol (tools/mux.py ``Mux``), without Docker.
 
 Two ``Mux`` ends joined by an in-memory pipe play the relay in the container
 (``accept``) and the orchestrator (``connect`` to a unix socket); the last test
@@ -20,10 +20,18 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-
-from tools import relay
-from tools.relay import DATA, HELLO, OPEN, VERSION, WINDOW, FrameReader, Mux, TunnelError, frame
-
+from fsrlm.tools import mux
+from fsrlm.tools.mux import (
+    DATA,
+    HELLO,
+    OPEN,
+    VERSION,
+    WINDOW,
+    FrameReader,
+    Mux,
+    TunnelError,
+    frame,
+)
 from support import TOOLS_DIR
 
 
@@ -150,11 +158,11 @@ async def test_a_peer_ignoring_the_window_loses_the_channel() -> None:
     host = Mux(send, connect)
     await host.dispatch(7, OPEN, b"")
     await asyncio.sleep(0.1)
-    chunk = b"z" * relay.MAX_PAYLOAD
+    chunk = b"z" * mux.MAX_PAYLOAD
     for _ in range(WINDOW // len(chunk) + 2):  # more than a window, no ACK waited for
         await host.dispatch(7, DATA, chunk)
     assert host.open_channels == 0
-    assert frame(7, relay.CLOSE) in sent
+    assert frame(7, mux.CLOSE) in sent
     sink.close()
 
 
@@ -162,7 +170,7 @@ async def test_bad_frames_and_versions_are_refused() -> None:
     with pytest.raises(TunnelError):
         FrameReader().feed(frame(1, 99))
     with pytest.raises(TunnelError):
-        FrameReader().feed(relay.FRAME.pack(1, DATA, relay.MAX_PAYLOAD + 1))
+        FrameReader().feed(mux.FRAME.pack(1, DATA, mux.MAX_PAYLOAD + 1))
     with pytest.raises(TunnelError, match="speaks"):
         await Mux(lambda data: asyncio.sleep(0)).dispatch(0, HELLO, b"fsrlm-tunnel/0")
 
@@ -179,12 +187,12 @@ async def test_refused_local_connection_closes_the_channel() -> None:
     host = Mux(send, connect)
     await host.dispatch(3, OPEN, b"")
     await asyncio.sleep(0.05)
-    assert sent == [frame(3, relay.CLOSE)] and host.open_channels == 0
+    assert sent == [frame(3, mux.CLOSE)] and host.open_channels == 0
 
 
 async def test_tunnel_stdio_process(upstream: str) -> None:
     """The command line the container runs: it waits for HELLO, listens, and carries connections."""
-    from fsrlm.testing.dockerd import free_port
+    from dockerd import free_port
 
     port = free_port()
     ready = tempfile.mktemp(prefix="fsrlm-tun-ready-", dir="/tmp")

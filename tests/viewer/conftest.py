@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import log_lines
 
 from fsrlm import RLM
 from fsrlm.events import EVENTS_LOG, RLMEvent
 from fsrlm.testing.plans import count_label_plan
 from fsrlm.viewer import ViewerSettings, serve
-from support import log_lines
 
 QUESTION = "How many lines contain ERROR?"
 

@@ -6,7 +6,11 @@ import os
 
 import aiohttp
 
-from fsrlm.broker.upstreams.anthropic import ANTHROPIC_API, AnthropicUpstream, CompatibleUpstream
+from fsrlm.broker.upstreams.anthropic import (
+    ANTHROPIC_API,
+    AnthropicUpstream,
+    CompatibleUpstream,
+)
 from fsrlm.broker.upstreams.base import Upstream
 from fsrlm.config import UpstreamConfig
 from fsrlm.errors import ConfigError, CredentialsError

@@ -186,7 +186,7 @@ class SecondDockerd:
 
     def client(self, timeout: float = 120.0):
         """A docker SDK client of this daemon."""
-        from executors.docker.endpoint import Endpoint, docker_client
+        from fsrlm.executors.docker.endpoint import Endpoint, docker_client
 
         tls_dir = self.certs["client"] if self.tls else None
         return docker_client(Endpoint(host=self.url, source="the test daemon", tls_dir=tls_dir), timeout=timeout)
