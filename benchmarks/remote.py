@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fsrlm.executors.base import SandboxSpec
+from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.configs import RemoteDockerExecutorConfig
 from fsrlm.executors.docker.remote import RemoteDockerExecutor
 
@@ -82,20 +83,20 @@ async def _transfer(host: str, size_mb: int, tmp: Path) -> Row:
 
     executor = RemoteDockerExecutor(RemoteDockerExecutorConfig(host=host))
     await executor.check()
-    spec = SandboxSpec(run_id=f"bench-transfer-{os.getpid()}", workspace=workspace,
-                       broker=BrokerEndpoint(unix_socket=tmp / "b.sock", open_tcp=no_tcp), env={},
+    spec = SandboxSpec(workspace=workspace, broker=BrokerEndpoint(unix_socket=tmp / "b.sock", open_tcp=no_tcp),
+                       agent=AgentContract(run_id=f"bench-transfer-{os.getpid()}", token="bench"),
                        timeout_seconds=600)
     try:
         async with await executor.prepare(spec) as sandbox:
             sandbox.cli_path = "/bin/sh"
-            process = await sandbox.start_agent(["-c", "cat input/prompt.md > output/copy.md"], {})
+            process = await sandbox.start_agent(["-c", "cat input/prompt.md > output/copy.md"])
             await process.close_stdin()
             async for _ in process.stdout_lines():
                 pass
             result = await process.wait()
             assert result.exit_code == 0, result.stderr_tail
             await sandbox.collect()
-            t = sandbox.transfer
+            t = sandbox.workspace.transfer
     finally:
         broker.close()
     assert (workspace / "output" / "copy.md").stat().st_size == size_mb * 1024 * 1024

@@ -5,10 +5,12 @@ Two layers, kept apart:
 * ``Executor`` — *where* the agent runs: check the backend is usable, prepare a
   ``Sandbox`` for one workspace, reap leftovers by label.
 * ``Sandbox`` — *what* runs in it: start the agent process (stdin/stdout
-  streams), copy results back, close. ``close`` is idempotent and always safe.
+  streams), copy results back, close.
 
-The orchestrator only ever talks to these two classes; it never branches on the
-backend type.
+What a sandbox gives the agent (its environment, the credential check) is not up
+to a backend: ``executors.contract`` says it once. The orchestrator only ever talks
+to these classes; it never branches on the backend type. A new backend is done
+when it passes the conformance suite (``tests/executors/test_conformance.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar
 
+from fsrlm.executors.contract import AgentContract
 from pydantic import BaseModel, ConfigDict
 
 from fsrlm.broker.endpoint import BrokerEndpoint
@@ -35,11 +37,14 @@ class SandboxSpec(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
-    run_id: str
     workspace: Path  # the run folder on the host
     broker: BrokerEndpoint
-    env: dict[str, str]  # non-secret variables for the agent (run token, limits shown to it)
+    agent: AgentContract  # the run's side of the sandbox contract (token, depth, API mode)
     timeout_seconds: float
+
+    @property
+    def run_id(self) -> str:
+        return self.agent.run_id
 
 
 class ExecResult(BaseModel):
@@ -55,42 +60,57 @@ class AgentProcess(abc.ABC):
     """A running agent process: newline-delimited JSON on stdin and stdout."""
 
     @abc.abstractmethod
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None:
+        """Write to the agent's stdin. Raises ``SandboxError`` once the process has closed it."""
 
     @abc.abstractmethod
-    async def close_stdin(self) -> None: ...
+    async def close_stdin(self) -> None:
+        """Send end of file on stdin; safe to call more than once."""
 
     @abc.abstractmethod
     def stdout_lines(self) -> AsyncIterator[bytes]:
-        """Yield stdout one line at a time (without the trailing newline)."""
+        """Yield stdout one line at a time (without the trailing newline); one reader only."""
 
     @abc.abstractmethod
-    async def wait(self) -> ExecResult: ...
+    async def wait(self) -> ExecResult:
+        """Wait for the process to end; the result is kept, so it may be called again."""
 
     @abc.abstractmethod
     async def kill(self) -> None:
-        """Stop the process now; safe to call more than once."""
+        """Stop the process now; safe to call more than once, and after it ended.
+
+        Raises ``SandboxError`` only when the backend cannot be reached to do it.
+        """
 
 
 class Sandbox(abc.ABC):
     """One prepared sandbox for one run's workspace."""
 
-    #: Absolute path of the workspace as the agent sees it.
-    workspace_path: str
-    #: Path of the Claude Code CLI inside the sandbox.
+    #: Path of the Claude Code CLI inside the sandbox (tests may point it at another program).
     cli_path: str
 
     @abc.abstractmethod
-    async def start_agent(self, argv: list[str], env: dict[str, str]) -> AgentProcess:
-        """Start ``cli_path`` with ``argv`` in the workspace, with only ``env`` (+ sandbox plumbing)."""
+    async def start_agent(self, argv: list[str]) -> AgentProcess:
+        """Start ``cli_path`` with ``argv`` in the workspace, with the contract's environment only.
+
+        Raises ``SandboxError`` (the environment carries a credential, the backend
+        failed) and ``ImageError`` (the image is missing); nothing is left running then.
+        """
 
     @abc.abstractmethod
     async def collect(self) -> None:
-        """Bring the workspace's contents back to the host run folder (no-op for shared folders)."""
+        """Bring the workspace's contents back to the host run folder (no-op for shared folders).
+
+        May be called after the agent was killed; ``close`` collects what was not collected.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Stop everything this sandbox started and remove what it created. Idempotent."""
+        """Stop everything this sandbox started and remove what it created. Idempotent.
+
+        Raises ``SandboxError`` when something could not be removed (the message names it
+        and the ``fsrlm gc`` command that removes it later).
+        """
 
     async def __aenter__(self) -> Sandbox:
         return self
@@ -102,17 +122,16 @@ class Sandbox(abc.ABC):
 class Executor(abc.ABC):
     """A backend that can run the agent: local process, Docker, remote Docker."""
 
-    name: ClassVar[str]
-    #: True when the agent cannot touch the host beyond its workspace.
-    isolates: ClassVar[bool]
-
     @abc.abstractmethod
     async def check(self) -> None:
-        """Raise ``ExecutorUnavailable`` (with how to fix it) before any work starts."""
+        """Raise ``ExecutorUnavailable`` or ``ImageError`` (with how to fix it) before any work starts.
+
+        Cheap to call again once it succeeded.
+        """
 
     @abc.abstractmethod
     async def prepare(self, spec: SandboxSpec) -> Sandbox:
-        """Create the sandbox for ``spec.workspace``; nothing runs yet."""
+        """Create the sandbox for ``spec.workspace``; nothing runs yet. Calls ``check`` first."""
 
     async def gc(self, older_than_seconds: float = 0.0) -> list[str]:
         """Remove leftovers of crashed runs (by label); return what was removed."""

@@ -27,12 +27,13 @@ from fsrlm.executors.base import (
     SandboxSpec,
 )
 from fsrlm.executors.configs import LocalExecutorConfig
+from fsrlm.executors.contract import SandboxPlaces, agent_environment
 
 from fsrlm.errors import ExecutorUnavailable, SandboxError
 
 STDOUT_LINE_LIMIT = 64 * 1024 * 1024
 # Host variables that are safe and useful to keep; everything else is dropped.
-_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+_KEEP = ("PATH", "LC_ALL", "TZ", "TMPDIR")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -94,12 +95,21 @@ def _alive(pid: int) -> bool:
 
 
 class LocalProcess(AgentProcess):
-    def __init__(self, proc: asyncio.subprocess.Process, run_id: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, run_id: str, timeout_seconds: float | None = None) -> None:
         self._proc = proc
         self._run_id = run_id
         self._stderr_tail = b""
         self._killed = False
+        self.timed_out = False  # True when the spec's timeout_seconds ran out and we killed it
         self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self._timeout_kill: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(timeout_seconds, self._on_timeout) if timeout_seconds else None
+
+    def _on_timeout(self) -> None:
+        if self._proc.returncode is None:
+            self.timed_out = True
+            self._timeout_kill = asyncio.ensure_future(self.kill())
 
     async def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -125,6 +135,8 @@ class LocalProcess(AgentProcess):
 
     async def wait(self) -> ExecResult:
         code = await self._proc.wait()
+        if self._deadline is not None:
+            self._deadline.cancel()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 2)
         return ExecResult(exit_code=code, killed=self._killed,
@@ -145,29 +157,21 @@ class LocalSandbox(Sandbox):
     def __init__(self, spec: SandboxSpec, cli_path: str, broker_url: str) -> None:
         self.spec = spec
         self.cli_path = cli_path
-        self.workspace_path = str(spec.workspace)
-        self.broker_url = broker_url
+        self.places = SandboxPlaces(workspace=str(spec.workspace), broker_url=broker_url,
+                                    home=str(spec.workspace / ".agent" / "home"))
         self._process: LocalProcess | None = None
         self._record: Path | None = None
+        self._closed = False
 
-    async def start_agent(self, argv: list[str], env: dict[str, str]) -> AgentProcess:
-        ws = self.workspace_path
-        home = Path(ws) / ".agent" / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        full_env = {k: os.environ[k] for k in _KEEP if k in os.environ}
-        full_env |= env
-        full_env |= {
-            "HOME": str(home),
-            "FSRLM_BROKER_URL": self.broker_url,
-            "ANTHROPIC_BASE_URL": self.broker_url,
-            "ANTHROPIC_BEDROCK_BASE_URL": self.broker_url,
-            "FSRLM_WORKSPACE": ws,
-            "PYTHONPATH": str(Path(ws) / "tools"),
-            "CLAUDE_CONFIG_DIR": str(Path(ws) / ".agent"),
-        }
+    async def start_agent(self, argv: list[str]) -> AgentProcess:
+        if self._closed:
+            raise SandboxError("This sandbox is closed; prepare a new one.")
+        inherited = {k: os.environ[k] for k in _KEEP if k in os.environ}
+        env = agent_environment(self.spec.agent, self.places, inherited)
+        Path(self.places.home).mkdir(parents=True, exist_ok=True)
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.cli_path, *argv, cwd=ws, env=full_env,
+                self.cli_path, *argv, cwd=self.places.workspace, env=env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True, limit=STDOUT_LINE_LIMIT, preexec_fn=_die_with_parent,
             )
@@ -177,13 +181,14 @@ class LocalSandbox(Sandbox):
         with contextlib.suppress(OSError):
             self._record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._record.write_text(json.dumps({"orchestrator": os.getpid(), "created": time.time()}))
-        self._process = LocalProcess(proc, self.spec.run_id)
+        self._process = LocalProcess(proc, self.spec.run_id, self.spec.timeout_seconds)
         return self._process
 
     async def collect(self) -> None:
         return None  # the agent wrote straight into the run folder
 
     async def close(self) -> None:
+        self._closed = True
         if self._process is not None:
             await self._process.kill()
             self._process = None
@@ -193,9 +198,6 @@ class LocalSandbox(Sandbox):
 
 
 class LocalExecutor(Executor):
-    name = "local"
-    isolates = False
-
     def __init__(self, config: LocalExecutorConfig | None = None) -> None:
         self.config = config or LocalExecutorConfig()
         self.cli_path = self.config.cli_path or str(bundled_cli())

@@ -42,44 +42,18 @@ def cli_argv(*, model: str, max_turns: int, system_append: str, resume: str | No
     return argv
 
 
-def agent_env(*, token: str, run_id: str, depth: int, concurrency: int, bedrock: bool) -> dict[str, str]:
-    """Variables for the agent and its scripts. The run token is the only secret, and only for this run."""
-    env = {
-        "FSRLM_BROKER_TOKEN": token,
-        "ANTHROPIC_API_KEY": token,
-        "FSRLM_RUN_ID": run_id,
-        "FSRLM_DEPTH": str(depth),
-        "FSRLM_SUBCALL_CONCURRENCY": str(concurrency),
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_AGENT_SDK_SKIP_VERSION_CHECK": "1",
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    if bedrock:
-        # The CLI sends unsigned Bedrock requests to the broker, which signs them. In
-        # Bedrock mode it does not send ANTHROPIC_API_KEY, so the token goes in a header.
-        env |= {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
-                "ANTHROPIC_CUSTOM_HEADERS": f"x-api-key: {token}"}
-    return env
-
-
 class SandboxTransport(Transport):
     """An SDK transport over an executor's ``AgentProcess``."""
 
-    def __init__(self, sandbox: Sandbox, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, sandbox: Sandbox, argv: list[str]) -> None:
         self._sandbox = sandbox
         self._argv = argv
-        self._env = env
         self.process: AgentProcess | None = None
         self.exit: ExecResult | None = None
 
     async def connect(self) -> None:
         if self.process is None:
-            self.process = await self._sandbox.start_agent(self._argv, self._env)
+            self.process = await self._sandbox.start_agent(self._argv)
 
     async def write(self, data: str) -> None:
         assert self.process is not None

@@ -8,15 +8,15 @@ once, at the boundary where they happen, with a message that says what to do.
     ├── CredentialsError(FsrlmError)               the upstream has no key / AWS credentials
     ├── InputError(FsrlmError, ValueError)         unusable prompt, messages or attachments
     ├── WorkspaceError(FsrlmError, OSError)        the run folder cannot be made or read
-    ├── BrokerError(FsrlmError)                    the host-side broker failed to start
     ├── UpstreamError(FsrlmError)                  the model API answered with an error
     │   └── UpstreamAuthError(UpstreamError)       401/403 from the model API: not retried
     ├── LimitExceeded(FsrlmError)                  a run limit refused a call
     └── SandboxError(FsrlmError)                   the executor could not run the agent
         ├── ExecutorUnavailable(SandboxError)      e.g. Docker not installed or daemon down
         ├── ImageError(SandboxError)               the sandbox image is missing or cannot be built
-        ├── ArchiveError(SandboxError)             a workspace archive from a remote sandbox is hostile or too big
-        └── SandboxTimeout(SandboxError, TimeoutError)
+        └── ArchiveError(SandboxError)             a workspace archive from a remote sandbox is hostile or too big
+
+A run that runs out of time is not an error: its result says ``stop_reason="timeout"``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ class InputError(FsrlmError, ValueError):
 
 class WorkspaceError(FsrlmError, OSError):
     """The run folder could not be created, written or read."""
-
-
-class BrokerError(FsrlmError):
-    """The broker could not start or stopped unexpectedly."""
 
 
 class UpstreamError(FsrlmError):
@@ -80,7 +76,3 @@ class ImageError(SandboxError):
 
 class ArchiveError(SandboxError):
     """An archive from the sandbox is malformed, hostile or over a cap; extraction stopped."""
-
-
-class SandboxTimeout(SandboxError, TimeoutError):
-    """The run exceeded its wall-clock timeout and was stopped."""

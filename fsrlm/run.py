@@ -8,10 +8,11 @@ the sandbox and the broker are stopped, and a failed run's workspace is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from claude_agent_sdk import (
@@ -23,13 +24,14 @@ from claude_agent_sdk import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fsrlm.agent import SandboxTransport, agent_env, cli_argv
+from fsrlm.agent import SandboxTransport, cli_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError, InputError, SandboxError, WorkspaceError
 from fsrlm.events import EventLog, Subscriber
-from fsrlm.executors.base import SandboxSpec
+from fsrlm.executors.base import Sandbox, SandboxSpec
+from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
 from fsrlm.prompts import InputSummary, first_message, system_append
 from fsrlm.results import RLMResult, RunMetrics, StopReason
@@ -160,6 +162,20 @@ async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | Non
                           shared=state.shared_ledger(), on_event=on_event, resume=state)
 
 
+class _Outcome:
+    """What the run's steps found out, gathered as they happen (the result is built from it at the end)."""
+
+    def __init__(self, session_id: str | None) -> None:
+        self.stop: StopReason = "error"
+        self.errors: list[str] = []
+        self.turns = 0
+        self.session_id = session_id
+
+    def fail(self, stop: StopReason, message: str) -> None:
+        self.stop = stop
+        self.errors.append(message)
+
+
 async def _execute(
     config: RLMConfig,
     executor,
@@ -172,13 +188,17 @@ async def _execute(
     on_event: Subscriber | None,
     resume: RunState | None = None,
 ) -> RLMResult:
+    """The run's steps: broker, sandbox, agent, collect — each part's clean-up beside its start."""
     started = time.monotonic()
-    run_id = ws.run_id
     limits = limits_of(config)
     token = secrets.token_urlsafe(32)
-    events = EventLog(ws.root, run_id, [on_event] if on_event else [])
+    outcome = _Outcome(resume.session_id if resume else None)
+    events = EventLog(ws.root, ws.run_id, [on_event] if on_event else [])
     store = RunStateStore(config.effective_cache_dir)
-    session_id: str | None = resume.session_id if resume else None
+
+    def record_state(**fields: Any) -> None:
+        state = RunState.of(broker.ledger, run_id=ws.run_id, workspace=ws.root, session_id=outcome.session_id)
+        store.save(state.model_copy(update=fields))
 
     async def nested(prompt: str, context: str) -> dict[str, Any]:
         child = await run_rlm(
@@ -189,12 +209,12 @@ async def _execute(
                 "stop_reason": child.stop_reason}
 
     def on_record(record) -> None:
-        store.save(RunState.of(broker.ledger, run_id=run_id, workspace=ws.root, session_id=session_id))
+        record_state()
         events.call_record(record, broker.ledger.snapshot())
 
     broker = Broker(
         BrokerSettings(
-            run_id=run_id, token=token, workspace=ws.root, submodel=config.effective_submodel,
+            run_id=ws.run_id, token=token, workspace=ws.root, submodel=config.effective_submodel,
             limits=limits, upstream=config.upstream,
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
@@ -203,74 +223,86 @@ async def _execute(
     )
     if resume is not None:
         resume.restore(broker.ledger)
-    errors: list[str] = []
-    stop: StopReason = "error"
-    turns = 0
-    sandbox = None
     events.emit("run_started", data={"depth": depth, "executor": config.executor.type,
                                      "root_model": config.effective_root_model, "resumed": resume is not None})
-    try:
-        endpoint = await broker.start()
-        env = agent_env(token=token, run_id=run_id, depth=depth, concurrency=config.subcall_concurrency,
-                        bedrock=config.upstream.type == "bedrock")
-        sandbox = await executor.prepare(SandboxSpec(
-            run_id=run_id, workspace=ws.root, broker=endpoint, env=env, timeout_seconds=config.timeout_seconds,
-        ))
-        argv = cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
-                        system_append=system_append(limits.model_dump(), system),
-                        resume=resume.session_id if resume else None)
-        transport = SandboxTransport(sandbox, argv, env)
-        result_msg: ResultMessage | None = None
-        poller = asyncio.create_task(_poll_artifacts(events))
+    argv = cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
+                    system_append=system_append(limits.model_dump(), system),
+                    resume=resume.session_id if resume else None)
+    agent = AgentContract(run_id=ws.run_id, token=token, depth=depth, subcall_concurrency=config.subcall_concurrency,
+                          api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Unwound in reverse: close the sandbox, stop the broker, then write the host-side record.
+        stack.callback(lambda: record_state(stop_reason=outcome.stop,
+                                            finished=outcome.stop not in ("interrupted", "timeout")))
         try:
-            async with asyncio.timeout(config.timeout_seconds):
-                async for message in query(prompt=prompt, options=ClaudeAgentOptions(), transport=transport):
-                    if isinstance(message, SystemMessage) and message.subtype == "init":
-                        session_id = message.data.get("session_id") or session_id
-                        store.save(RunState.of(broker.ledger, run_id=run_id, workspace=ws.root,
-                                               session_id=session_id))
-                    elif isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
-                        turns += 1
-                    elif isinstance(message, ResultMessage):
-                        result_msg = message
-                        session_id = message.session_id
-                    events.agent_message(message)
-            stop = _stop_reason(result_msg, transport, errors)
-        except TimeoutError:
-            stop = "timeout"
-            errors.append(f"the run exceeded timeout_seconds={config.timeout_seconds:g} and was stopped; "
-                          "what the workspace held so far is kept")
-        finally:
-            poller.cancel()
-        await sandbox.collect()
-    except asyncio.CancelledError:
-        stop = "interrupted"
-        errors.append("the run was interrupted")
-        raise
-    except FsrlmError as e:
-        stop = "sandbox_error" if isinstance(e, SandboxError) else "error"
-        errors.append(str(e))
-    except Exception as e:  # the SDK raises its own errors when the CLI dies
-        logger.exception("run %s failed", run_id)
-        stop = "error"
-        errors.append(f"{type(e).__name__}: {e}")
+            endpoint = await broker.start()
+            stack.push_async_callback(broker.stop)
+            spec = SandboxSpec(workspace=ws.root, broker=endpoint, agent=agent,
+                               timeout_seconds=config.timeout_seconds)
+            sandbox = await stack.enter_async_context(_opened(executor, spec, outcome))
+            await _drive_agent(sandbox, argv, prompt, config.timeout_seconds, events, outcome, record_state)
+            await sandbox.collect()
+        except asyncio.CancelledError:
+            outcome.fail("interrupted", "the run was interrupted")
+            raise
+        except FsrlmError as e:
+            outcome.fail("sandbox_error" if isinstance(e, SandboxError) else "error", str(e))
+        except Exception as e:  # the SDK raises its own errors when the CLI dies
+            logger.exception("run %s failed", ws.run_id)
+            outcome.fail("error", f"{type(e).__name__}: {e}")
+
+    return _result(config, ws, broker, events, shared, outcome, started=started, depth=depth)
+
+
+@contextlib.asynccontextmanager
+async def _opened(executor, spec: SandboxSpec, outcome: _Outcome) -> AsyncIterator[Sandbox]:
+    """The run's sandbox, closed whatever happens; a failed clean-up is reported, not raised."""
+    sandbox = await executor.prepare(spec)
+    try:
+        yield sandbox
     finally:
         try:
-            if sandbox is not None:
-                await sandbox.close()
+            await sandbox.close()
         except SandboxError as e:  # e.g. a remote Docker host gone: the run still gets a result
-            logger.warning("run %s: %s", run_id, e)
-            errors.append(str(e))
-            if stop == "completed":
-                stop = "sandbox_error"
-        finally:
-            await broker.stop()
-            state = RunState.of(broker.ledger, run_id=run_id, workspace=ws.root, session_id=session_id)
-            state.stop_reason = stop
-            state.finished = stop not in ("interrupted", "timeout")
-            store.save(state)
+            logger.warning("run %s: %s", spec.run_id, e)
+            outcome.errors.append(str(e))
+            if outcome.stop == "completed":
+                outcome.stop = "sandbox_error"
 
+
+async def _drive_agent(sandbox: Sandbox, argv: list[str], prompt: str, timeout: float, events: EventLog,
+                       outcome: _Outcome, record_state: Callable[..., None]) -> None:
+    """Run the root agent to its end (or the timeout), streaming its messages into the event log."""
+    transport = SandboxTransport(sandbox, argv)
+    result_msg: ResultMessage | None = None
+    poller = asyncio.create_task(_poll_artifacts(events))
+    try:
+        async with asyncio.timeout(timeout):
+            async for message in query(prompt=prompt, options=ClaudeAgentOptions(), transport=transport):
+                if isinstance(message, SystemMessage) and message.subtype == "init":
+                    outcome.session_id = message.data.get("session_id") or outcome.session_id
+                    record_state()
+                elif isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                    outcome.turns += 1
+                elif isinstance(message, ResultMessage):
+                    result_msg = message
+                    outcome.session_id = message.session_id
+                events.agent_message(message)
+        outcome.stop = _stop_reason(result_msg, transport, outcome.errors)
+    except TimeoutError:
+        outcome.fail("timeout", f"the run exceeded timeout_seconds={timeout:g} and was stopped; "
+                                "what the workspace held so far is kept")
+    finally:
+        poller.cancel()
+
+
+def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, shared: SharedLedger,
+            outcome: _Outcome, *, started: float, depth: int) -> RLMResult:
+    """What the run produced, read from the workspace and the broker's own records."""
     events.poll_artifacts()
+    errors = outcome.errors
+    stop = outcome.stop
     errors.extend(broker.fatal_errors)
     if broker.fatal_errors:
         stop = "upstream_error"
@@ -284,11 +316,12 @@ async def _execute(
     success = stop == "completed"
     metrics = RunMetrics.from_records(
         broker.records, total_cost=shared.spent_usd,
-        wall_seconds=round(time.monotonic() - started, 3), turns=turns,
+        wall_seconds=round(time.monotonic() - started, 3), turns=outcome.turns,
     )
     result = RLMResult(
         answer=answer.strip() if answer else None, success=success, stop_reason=stop, metrics=metrics,
-        errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=run_id, session_id=session_id,
+        errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=ws.run_id,
+        session_id=outcome.session_id,
     )
     events.emit("result", data=result.summary())
     if success and not config.preserve_workspace and depth == 0:

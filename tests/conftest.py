@@ -36,15 +36,15 @@ def scripted() -> Iterator[ScriptedModelServer]:
         yield server
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=[pytest.param(name, marks=[] if name == "local" else [pytest.mark.docker])
+                        for name in EXECUTORS])
 def executor_type(request: pytest.FixtureRequest) -> str:
     """Runs a test once per executor backend (the conformance suite).
 
     ``remote-docker`` runs against a second Docker daemon on loopback
     (``remote_docker_host``), reached through ``DOCKER_HOST``.
     """
-    if request.param != "local":
-        request.applymarker(pytest.mark.docker)
+    if request.param != "local":  # marked at collection, so `-m "not docker"` leaves these out
         request.getfixturevalue("docker_image")
     if request.param == "remote-docker":
         daemon = request.getfixturevalue("remote_docker_host")

@@ -77,3 +77,37 @@ def run_objects(client, run_id: str) -> list[str]:
     filters = {"label": f"{LABEL_RUN_ID}={run_id}"}
     return ([c.name for c in client.containers.list(all=True, filters=filters)]
             + [v.name for v in client.volumes.list(filters=filters)])
+
+
+def run_ids_under(root: Path) -> set[str]:
+    """Run ids of the run folders (``state/job.json``) anywhere under ``root``."""
+    import json
+
+    ids: set[str] = set()
+    if not root.is_dir():
+        return ids
+    for job in root.rglob("state/job.json"):
+        try:
+            run_id = json.loads(job.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(run_id, str):
+            ids.add(run_id)
+    return ids
+
+
+def run_processes(run_ids: set[str]) -> list[int]:
+    """Pids of live processes that carry one of ``run_ids`` in their environment."""
+    markers = [f"FSRLM_RUN_ID={r}\0".encode() for r in run_ids]
+    found: list[int] = []
+    if not markers:
+        return found
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if any(m in env for m in markers):
+                found.append(int(entry.name))
+    return found

@@ -124,18 +124,20 @@ def docker_client(endpoint: Endpoint, *, timeout: float):
         d = endpoint.tls_dir
         tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
                         ca_cert=str(d / "ca.pem") if endpoint.tls_verify else None, verify=endpoint.tls_verify)
-    # A fixed version makes no request yet; the real one is agreed below.
-    client = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
-    if tls is not None:
-        # requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the host's CA (requests#3829).
-        client.api.trust_env = False
+    def make(version: str):
+        client = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=version)
+        if tls is not None:
+            # requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the host's CA (requests#3829).
+            client.api.trust_env = False
+        return client
+
+    # A fixed version makes no request; ask the engine for its own, then talk the lower of the two.
+    probe = make(MINIMUM_DOCKER_API_VERSION)
     try:
-        server = client.api.version(api_version=False)["ApiVersion"]
-    except BaseException:
-        client.close()
-        raise
-    client.api._version = server if version_lt(server, DEFAULT_DOCKER_API_VERSION) else DEFAULT_DOCKER_API_VERSION
-    return client
+        server = probe.api.version(api_version=False)["ApiVersion"]
+    finally:
+        probe.close()
+    return make(server if version_lt(server, DEFAULT_DOCKER_API_VERSION) else DEFAULT_DOCKER_API_VERSION)
 
 
 def explain(endpoint: Endpoint, e: BaseException, timeout: float) -> str:

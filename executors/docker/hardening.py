@@ -54,6 +54,12 @@ class ContainerOptions:
     host_config: dict[str, Any] = field(default_factory=dict)
 
 
+def safe_name(run_id: str) -> str:
+    """A run id as a part of a container or volume name."""
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in run_id).strip("-.")
+    return cleaned[:40] or "run"
+
+
 def run_labels(run_id: str, created: float | None = None) -> dict[str, str]:
     """The labels every container and volume of one run carries."""
     return {

@@ -19,7 +19,6 @@ when present, pulled when possible, and otherwise replaced by
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -28,7 +27,6 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -38,7 +36,9 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
+from fsrlm.executors.docker.errors import EngineRef, docker_errors
+
+from fsrlm.errors import ImageError, SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ LABEL_BASE_IMAGE = "fsrlm.base-image"
 PULL_TIMEOUT_SECONDS = 60.0
 BASE_BUILD_TIMEOUT_SECONDS = 900.0
 
-_FIX_DAEMON = "start it with `sudo systemctl start docker` or `scripts/ensure-docker.sh`"
 _process_lock = threading.Lock()
 
 
@@ -131,14 +130,8 @@ def expected_hash(base_image: str | None = None) -> str:
     return input_hash(build_inputs(), base_image or DEFAULT_BASE_IMAGE)
 
 
-def _docker_errors():
-    import docker.errors
-
-    return docker.errors
-
-
 @contextlib.contextmanager
-def _build_lock(tag: str) -> Iterator[None]:
+def build_lock(tag: str) -> Iterator[None]:
     """One build of a tag at a time, in this process and across processes."""
     safe = "".join(c if c.isalnum() else "_" for c in tag)
     path = Path(tempfile.gettempdir()) / f"fsrlm-image-{os.getuid()}-{safe}.lock"
@@ -150,14 +143,17 @@ def _build_lock(tag: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _image_or_none(client, name: str):
-    errors = _docker_errors()
+def image_or_none(client, name: str, engine: EngineRef | None = None):
+    """The image called ``name`` on ``client``'s engine, or None."""
+    import docker.errors
+
     try:
-        return client.images.get(name)
-    except errors.ImageNotFound:
-        return None
-    except errors.DockerException as e:
-        raise ImageError(f"Cannot query Docker for image {name}: {e}; {_FIX_DAEMON}.") from e
+        with docker_errors(f"look up image {name}", engine or EngineRef.local()):
+            return client.images.get(name)
+    except SandboxError as e:
+        if isinstance(e.__cause__, docker.errors.ImageNotFound):
+            return None
+        raise
 
 
 def _pull(client, image: str, timeout: float) -> bool:
@@ -212,7 +208,7 @@ def resolve_base_image(client, base_image: str | None = None, *, pull_timeout: f
     An explicitly requested ``base_image`` never falls back silently.
     """
     requested = base_image or DEFAULT_BASE_IMAGE
-    if _image_or_none(client, requested) is not None:
+    if image_or_none(client, requested) is not None:
         return requested
     if _pull(client, requested, pull_timeout):
         return requested
@@ -221,7 +217,7 @@ def resolve_base_image(client, base_image: str | None = None, *, pull_timeout: f
             f"Base image {base_image} is not on this Docker host and cannot be pulled; "
             f"`docker load` it, or leave base_image unset to build {LOCAL_BASE_IMAGE} from Debian packages."
         )
-    if _image_or_none(client, LOCAL_BASE_IMAGE) is not None:
+    if image_or_none(client, LOCAL_BASE_IMAGE) is not None:
         return LOCAL_BASE_IMAGE
     return build_local_base(LOCAL_BASE_IMAGE)
 
@@ -261,13 +257,12 @@ def _write_context(inputs: dict[str, Path], fileobj) -> None:
 
 
 def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str, nocache: bool):
-    errors = _docker_errors()
     log_tail: deque[str] = deque(maxlen=20)
     logger.info("building %s on %s", tag, base)
     start = time.monotonic()
     with tempfile.TemporaryFile(prefix="fsrlm-image-context-") as context:
         _write_context(inputs, context)
-        try:
+        with docker_errors(f"build {tag}", EngineRef.local()):
             stream = client.api.build(
                 fileobj=context,
                 custom_context=True,
@@ -288,9 +283,7 @@ def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str,
                 if text:
                     log_tail.append(text)
                     logger.debug("build: %s", text)
-        except errors.DockerException as e:
-            raise ImageError(f"Building {tag} failed: {e}; check the Docker daemon ({_FIX_DAEMON}).") from e
-    image = _image_or_none(client, tag)
+    image = image_or_none(client, tag)
     if image is None or image.labels.get(LABEL_IMAGE_HASH) != digest:
         raise ImageError(f"Building {tag} finished but the image is missing or unlabelled; retry with force=True.")
     logger.info("built %s (%s) in %.1f s", tag, image.short_id, time.monotonic() - start)
@@ -314,11 +307,11 @@ def ensure_image(
     inputs = build_inputs()
     requested_base = base_image or DEFAULT_BASE_IMAGE
     digest = input_hash(inputs, requested_base)
-    existing = _image_or_none(client, tag)
+    existing = image_or_none(client, tag)
     if existing is not None and not force and existing.labels.get(LABEL_IMAGE_HASH) == digest:
         return tag
-    with _build_lock(tag):
-        existing = _image_or_none(client, tag)  # another process may have built it meanwhile
+    with build_lock(tag):
+        existing = image_or_none(client, tag)  # another process may have built it meanwhile
         if existing is not None and not force and existing.labels.get(LABEL_IMAGE_HASH) == digest:
             return tag
         if existing is not None and not force:
@@ -326,59 +319,31 @@ def ensure_image(
         base = resolve_base_image(client, base_image, pull_timeout=pull_timeout)
         image = _build(client, tag, inputs, base=base, digest=digest, nocache=force)
         if existing is not None and existing.id != image.id:
-            _remove_quietly(client, existing.id)
+            remove_image_quietly(client, existing.id)
     return tag
 
 
-def _remove_quietly(client, image_id: str) -> None:
+def remove_image_quietly(client, image_id: str) -> None:
     """Remove the image a rebuild replaced, if nothing else names or uses it."""
-    errors = _docker_errors()
     try:
-        image = client.images.get(image_id)
-        if image.tags:  # still tagged elsewhere (e.g. the same build under another tag): keep it
-            return
-        client.images.remove(image_id, noprune=False)
-    except errors.DockerException as e:  # used by a container, or already gone
+        with docker_errors(f"remove the replaced image {image_id[:19]}", EngineRef.local()):
+            image = client.images.get(image_id)
+            if image.tags:  # still tagged elsewhere (e.g. the same build under another tag): keep it
+                return
+            client.images.remove(image_id, noprune=False)
+    except SandboxError as e:  # used by a container, or already gone
         logger.debug("left the previous image %s in place: %s", image_id, e)
 
 
 def build_image_cli(*, tag: str | None = None, base_image: str | None = None, force: bool = False) -> str:
-    """Connect to the local engine and ``ensure_image``; for ``fsrlm image build`` and ``main``.
+    """Connect to the local engine and ``ensure_image``; for ``fsrlm image build``.
 
-    Raises ``ExecutorUnavailable`` when the daemon cannot be reached, ``ImageError`` when the build fails.
+    Raises ``ExecutorUnavailable`` when the engine cannot be reached, ``ImageError`` when the build fails.
     """
-    import docker
+    from fsrlm.executors.docker.engine import connect_local
 
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - docker raises many kinds here
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ExecutorUnavailable(f"Cannot reach the Docker daemon ({first}); {_FIX_DAEMON}.") from None
+    client = connect_local(timeout=600).client
     try:
         return ensure_image(client, tag, base_image=base_image, force=force)
     finally:
         client.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build the fsRLM sandbox image if needed and print its tag."""
-    parser = argparse.ArgumentParser(prog="python -m fsrlm.executors.docker.image", description=main.__doc__)
-    parser.add_argument("--tag", default=None, help=f"image tag (default {default_tag()})")
-    parser.add_argument("--base-image", default=None, help=f"base image with python3 (default {DEFAULT_BASE_IMAGE})")
-    parser.add_argument("--force", action="store_true", help="rebuild without the layer cache")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the build output")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        print(build_image_cli(tag=args.tag, base_image=args.base_image, force=args.force))
-    except SandboxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

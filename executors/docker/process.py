@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 import docker.errors
 import requests.exceptions
 from fsrlm.executors.base import AgentProcess, ExecResult
+from fsrlm.executors.docker.errors import EngineRef, map_docker_error
 from fsrlm.executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
 
 from fsrlm.errors import SandboxError
@@ -49,7 +50,7 @@ class DockerAgentProcess(AgentProcess):
         timeout_seconds: float | None = None,
         lost_after: int = 10,
         kill_when_detached: bool = False,
-        engine: str = "the Docker daemon",
+        engine: EngineRef | None = None,
     ) -> None:
         self._api = api
         self.container_id = container_id
@@ -58,7 +59,7 @@ class DockerAgentProcess(AgentProcess):
         self._lost_after = lost_after  # failed attempts to reach the daemon before giving up
         # Over a network the stream can break while the agent runs: then stop it rather than wait.
         self._kill_when_detached = kill_when_detached
-        self._engine = engine  # for messages
+        self._engine = engine or EngineRef.local()  # for messages
         self._lost = False  # the engine stopped answering: nothing more can be done through it
 
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -155,6 +156,10 @@ class DockerAgentProcess(AgentProcess):
         """Whether the attach stream is still open (the container has not exited)."""
         return not self._pump_task.done()
 
+    async def stream_ended(self) -> None:
+        """Return once the attach stream has ended (the container exited, or was killed)."""
+        await asyncio.wait({self._pump_task})
+
     @property
     def stderr_tail(self) -> str:
         return bytes(self._stderr_tail[-STDERR_TAIL_BYTES:]).decode("utf-8", errors="replace")
@@ -205,7 +210,7 @@ class DockerAgentProcess(AgentProcess):
             if e.status_code != 409:  # 409: not running any more
                 raise SandboxError(f"Cannot kill container {self.container_id[:12]}: {e.explanation or e}") from e
         except (requests.exceptions.RequestException, docker.errors.DockerException) as e:
-            raise SandboxError(f"Cannot kill container {self.container_id[:12]} (Docker unreachable?): {e}") from e
+            raise map_docker_error(e, f"kill container {self.container_id[:12]}", self._engine) from e
 
     async def wait(self) -> ExecResult:
         """Wait for the container to exit; the result is cached."""
@@ -252,12 +257,13 @@ class DockerAgentProcess(AgentProcess):
                 failures += 1
                 if failures >= self._lost_after:
                     self._lost = True
-                    raise SandboxError(f"Lost {self._engine} while waiting for the agent container "
+                    raise SandboxError(f"Lost {self._engine.label} while waiting for the agent container "
                                        f"{self.container_id[:12]}: {e}") from e
                 time.sleep(1.0)
                 continue
             except docker.errors.DockerException as e:
-                raise SandboxError(f"Cannot read the exit status of container {self.container_id[:12]}: {e}") from e
+                raise map_docker_error(e, f"read the exit status of container {self.container_id[:12]}",
+                                       self._engine) from e
             state = info.get("State") or {}
             if state.get("Running"):
                 continue

@@ -13,14 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 
+from fsrlm.executors.docker.errors import EngineRef, docker_errors
 from fsrlm.executors.docker.image import (
     LABEL_IMAGE_HASH,
-    _build_lock,
-    _image_or_none,
-    _remove_quietly,
+    build_lock,
     default_tag,
     ensure_image,
     expected_hash,
+    image_or_none,
+    remove_image_quietly,
 )
 
 from fsrlm.errors import ExecutorUnavailable, ImageError
@@ -30,19 +31,18 @@ logger = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024
 
 
-def ship(local, remote, tag: str) -> None:
+def _host_ref(host: str) -> EngineRef:
+    return EngineRef(label=f"the Docker host {host}", fix="check that the host is up and has room for the image")
+
+
+def ship(local, remote, tag: str, host: str = "the remote engine") -> None:
     """Stream image ``tag`` from the local engine into the remote one."""
     start = time.monotonic()
-    try:
+    with docker_errors(f"copy image {tag} to the Docker host {host}", _host_ref(host)):
         stream = local.api.get_image(tag, chunk_size=CHUNK)
         for line in remote.api.load_image(stream):
             if isinstance(line, dict) and line.get("error"):
-                raise ImageError(f"Loading {tag} into the remote engine failed: {line['error']}")
-    except ImageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - docker SDK and connection errors alike
-        detail = getattr(e, "explanation", None) or e
-        raise ImageError(f"Copying image {tag} to the remote Docker host failed: {detail}") from e
+                raise ImageError(f"Loading {tag} into the Docker host {host} failed: {line['error']}")
     logger.info("copied %s to the remote engine in %.1f s", tag, time.monotonic() - start)
 
 
@@ -53,38 +53,38 @@ def remote_image(remote, local_client: Callable[[], object], *, image: str | Non
     ``local_client()`` connects to the local engine; called only when shipping.
     """
     if image is not None:
-        if _image_or_none(remote, image) is not None:
+        if image_or_none(remote, image, _host_ref(host)) is not None:
             return image
-        with _build_lock(f"ship-{host}-{image}"):
-            if _image_or_none(remote, image) is None:
+        with build_lock(f"ship-{host}-{image}"):
+            if image_or_none(remote, image, _host_ref(host)) is None:
                 local = _local(local_client, image, host)
                 try:
-                    if _image_or_none(local, image) is None:
+                    if image_or_none(local, image) is None:
                         raise ImageError(f"Image {image} (executor.image) is neither on the Docker host {host} "
                                          "nor on this machine; `docker load` or `docker pull` it on either.")
-                    ship(local, remote, image)
+                    ship(local, remote, image, host)
                 finally:
                     local.close()
         return image
     tag, digest = default_tag(), expected_hash()
-    existing = _image_or_none(remote, tag)
+    existing = image_or_none(remote, tag, _host_ref(host))
     if existing is not None and existing.labels.get(LABEL_IMAGE_HASH) == digest:
         return tag
     local = _local(local_client, tag, host)
     try:
         ensure_image(local, tag)  # takes the build lock itself: not inside ours
-        with _build_lock(f"ship-{host}-{tag}"):
-            existing = _image_or_none(remote, tag)  # another process may have shipped it meanwhile
+        with build_lock(f"ship-{host}-{tag}"):
+            existing = image_or_none(remote, tag, _host_ref(host))  # another process may have shipped it meanwhile
             if existing is not None and existing.labels.get(LABEL_IMAGE_HASH) == digest:
                 return tag
             logger.info("the Docker host %s %s %s; copying it there", host,
                         "has a stale" if existing is not None else "lacks", tag)
-            ship(local, remote, tag)
-            shipped = _image_or_none(remote, tag)
+            ship(local, remote, tag, host)
+            shipped = image_or_none(remote, tag, _host_ref(host))
             if shipped is None or shipped.labels.get(LABEL_IMAGE_HASH) != digest:
                 raise ImageError(f"After copying {tag} to {host} the image there is missing or unlabelled; retry.")
             if existing is not None and existing.id != shipped.id:
-                _remove_quietly(remote, existing.id)
+                remove_image_quietly(remote, existing.id)
     finally:
         local.close()
     return tag

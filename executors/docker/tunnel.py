@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fsrlm.executors.docker import hardening
+from fsrlm.executors.docker.errors import EngineRef, docker_errors
 from fsrlm.executors.docker.stream import STDERR, STDOUT, AsyncSocket, docker_frames
 from fsrlm.tools.mux import HELLO, VERSION, FrameReader, Mux, TunnelError
 
@@ -45,9 +46,10 @@ def tunnel_command() -> list[str]:
 class BrokerTunnel:
     """One container's tunnel to the broker. ``start`` it after the container started; ``close`` is idempotent."""
 
-    def __init__(self, api, container_id: str, broker_socket: Path, *, user: str,
+    def __init__(self, api, container_id: str, broker_socket: Path, *, user: str, engine: EngineRef,
                  on_lost: Callable[[str], None] | None = None) -> None:
         self._api = api
+        self._engine = engine
         self._container_id = container_id
         self._broker_socket = broker_socket
         self._user = user
@@ -65,11 +67,8 @@ class BrokerTunnel:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start the relay in the container and wait until it listens."""
-        try:
+        with docker_errors(f"start the broker tunnel in container {self._container_id[:12]}", self._engine):
             hijacked = await asyncio.to_thread(self._exec)
-        except Exception as e:  # noqa: BLE001 - docker SDK and connection errors alike
-            raise SandboxError(f"Cannot start the broker tunnel in container {self._container_id[:12]}: "
-                               f"{getattr(e, 'explanation', None) or e}") from e
         self._conn = AsyncSocket(hijacked)
         self._mux = Mux(self._send, self._connect)
         self._pump = asyncio.ensure_future(self._read())

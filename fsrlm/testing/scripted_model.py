@@ -9,6 +9,11 @@ SSE when the body says ``"stream": true``:
 - any other request is a subcall (or a side request of the CLI): answered by the
   responder, :func:`~fsrlm.testing.plans.default_responder` unless one is given.
 
+With ``bedrock=BedrockCredentials(...)`` it also speaks AWS Bedrock's runtime API
+(``/model/<id>/invoke``, ``/model/<id>/invoke-with-response-stream`` as AWS event
+streams), refusing requests whose SigV4 signature does not verify
+(``fsrlm.testing.bedrock``).
+
 Use it synchronously (``with ScriptedModelServer(plan) as srv: srv.url``, the
 server runs in a background thread with its own loop) or in the caller's loop
 (``async with ScriptedModelServer(plan) as srv``). Every request is recorded in
@@ -35,6 +40,12 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from fsrlm.testing.bedrock import (
+    BedrockCredentials,
+    bedrock_error,
+    event_frame,
+    sigv4_problem,
+)
 from fsrlm.testing.plans import (
     FinalStep,
     Plan,
@@ -131,8 +142,10 @@ class ScriptedModelServer:
         root_latency_ms: float = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        bedrock: BedrockCredentials | None = None,
     ) -> None:
         self.plan = plan if plan is not None else Plan()
+        self.bedrock = bedrock  # also answer Bedrock's /model/<id>/invoke[-with-response-stream], SigV4 checked
         self.responder: Responder = responder or default_responder
         self.subcall_latency_ms = subcall_latency_ms
         self.root_latency_ms = root_latency_ms
@@ -296,7 +309,13 @@ class ScriptedModelServer:
             return self._error(fault.status, f"injected fault {fault.status}", fault)
         if not isinstance(body, dict):
             return self._error(400, "request body is not a JSON object")
-        if request.method != "POST" or not request.path.startswith("/v1/messages"):
+        bedrock_action = self._bedrock_action(request, raw)
+        if isinstance(bedrock_action, web.Response):
+            return bedrock_action
+        if bedrock_action is not None:
+            body = {**body, "model": request.path.strip("/").split("/")[1],
+                    "stream": bedrock_action == "invoke-with-response-stream"}
+        elif request.method != "POST" or not request.path.startswith("/v1/messages"):
             return self._error(404, f"no route for {request.method} {request.path}")
         if request.path.rstrip("/").endswith("/count_tokens"):
             return web.json_response({"input_tokens": estimate_tokens(body.get("messages", []))})
@@ -311,10 +330,22 @@ class ScriptedModelServer:
             return self._error(500, f"scripted model error: {exc!r}")
 
         if body.get("stream"):
-            return await self._stream(request, message, fault.drop_mid_stream)
+            return await self._stream(request, message, fault.drop_mid_stream, bedrock=bedrock_action is not None)
         if fault.drop_mid_stream:
             return self._drop(request)
         return web.json_response(message, headers={"request-id": message["id"].replace("msg_", "req_", 1)})
+
+    def _bedrock_action(self, request: web.Request, raw: bytes) -> str | web.Response | None:
+        """For ``/model/<id>/<action>`` in Bedrock mode: the action, or the refusal AWS would send."""
+        parts = request.path.strip("/").split("/")
+        if self.bedrock is None or len(parts) != 3 or parts[0] != "model" or request.method != "POST":
+            return None
+        if parts[2] not in ("invoke", "invoke-with-response-stream"):
+            return bedrock_error(404, f"unknown Bedrock action {parts[2]!r}")
+        problem = sigv4_problem(request, raw, self.bedrock)
+        if problem:
+            return bedrock_error(403, f"The request signature we calculated does not match: {problem}")
+        return parts[2]
 
     def _error(self, status: int, message: str, fault: Fault | None = None) -> web.Response:
         headers = {}
@@ -358,12 +389,14 @@ class ScriptedModelServer:
             "usage": usage,
         }
 
-    async def _stream(self, request: web.Request, message: dict, drop: bool) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    async def _stream(self, request: web.Request, message: dict, drop: bool, *, bedrock: bool = False
+                      ) -> web.StreamResponse:
+        content_type = "application/vnd.amazon.eventstream" if bedrock else "text/event-stream"
+        resp = web.StreamResponse(headers={"content-type": content_type, "cache-control": "no-cache"})
         await resp.prepare(request)
 
         async def send(event: str, data: dict) -> None:
-            await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+            await resp.write(event_frame(data) if bedrock else f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
 
         start = dict(message, content=[], stop_reason=None, usage=dict(message["usage"], output_tokens=1))
         await send("message_start", {"type": "message_start", "message": start})

@@ -1,4 +1,9 @@
-"""Every end-to-end test must leave nothing behind: no agent process, no container, no volume."""
+"""Every end-to-end test must leave nothing behind: no agent process, no container, no volume.
+
+Only this test's own objects count (other test sessions may share the machine's engine):
+containers and volumes labelled with this process as their orchestrator, and processes of
+the runs whose folders lie under the test's ``tmp_path``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-
-def _agent_processes() -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"FSRLM_RUN_ID=" in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+from fsrlm.executors.base import LABEL_ORCHESTRATOR
+from fsrlm.executors.liveness import orchestrator_id
+from support import run_ids_under, run_processes
 
 
 def _docker_leftovers(client=None) -> list[str]:
@@ -28,9 +24,10 @@ def _docker_leftovers(client=None) -> list[str]:
         client.ping()
     except Exception:
         return []  # no engine: the docker tests themselves fail loudly
+    ours = {"label": f"{LABEL_ORCHESTRATOR}={orchestrator_id()}"}
     try:
-        containers = [c.name for c in client.containers.list(all=True, filters={"label": "fsrlm=1"})]
-        volumes = [v.name for v in client.volumes.list(filters={"label": "fsrlm=1"})]
+        containers = [c.name for c in client.containers.list(all=True, filters=ours)]
+        volumes = [v.name for v in client.volumes.list(filters=ours)]
         return containers + volumes
     finally:
         client.close()
@@ -45,13 +42,12 @@ def _remote_leftovers(request: pytest.FixtureRequest) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(request: pytest.FixtureRequest):
-    before = set(_agent_processes())
+def nothing_left_behind(request: pytest.FixtureRequest, tmp_path: Path):
     docker_before = set(_docker_leftovers())
     remote_before = set(_remote_leftovers(request))
     yield
     deadline = time.monotonic() + 5
-    while (left := set(_agent_processes()) - before) and time.monotonic() < deadline:
+    while (left := run_processes(run_ids_under(tmp_path))) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"agent processes left running: {sorted(left)}"
     left_docker = set(_docker_leftovers()) - docker_before

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from fsrlm.executors.base import SandboxSpec
+from fsrlm.executors.contract import AgentContract
 
 from fsrlm.broker.endpoint import BrokerEndpoint
 
@@ -35,6 +36,8 @@ class FakeBroker:
     token: str
     requests: list[dict] = field(default_factory=list)
     answer: str = FAKE_ANSWER
+    port: int = 0  # also on loopback TCP, for backends whose agent runs on the host (local)
+    tcp_opened: bool = False
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -101,6 +104,9 @@ async def fake_broker() -> AsyncIterator[FakeBroker]:
     site = web.UnixSite(runner, str(broker.socket))
     await site.start()
     os.chmod(broker.socket, 0o600)
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    broker.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         yield broker
     finally:
@@ -121,17 +127,18 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_spec(workspace: Path, fake_broker: FakeBroker) -> Callable[..., SandboxSpec]:
-    async def open_tcp() -> int:  # the docker executor never needs it
-        raise AssertionError("the docker executor must use the unix socket")
+    """``make_spec(timeout_seconds=120, run_id=None, api="anthropic")``: a spec for the fake broker."""
 
-    def build(timeout_seconds: float = 120.0, run_id: str | None = None) -> SandboxSpec:
-        return SandboxSpec(
-            run_id=run_id or f"test-{uuid.uuid4().hex[:10]}",
-            workspace=workspace,
-            broker=BrokerEndpoint(unix_socket=fake_broker.socket, open_tcp=open_tcp),
-            env={"FSRLM_BROKER_TOKEN": fake_broker.token},
-            timeout_seconds=timeout_seconds,
-        )
+    async def open_tcp() -> int:
+        fake_broker.tcp_opened = True
+        return fake_broker.port
+
+    def build(timeout_seconds: float = 120.0, run_id: str | None = None, api: str = "anthropic") -> SandboxSpec:
+        agent = AgentContract(run_id=run_id or f"test-{uuid.uuid4().hex[:10]}", token=fake_broker.token,
+                              subcall_concurrency=4, api=api)
+        return SandboxSpec(workspace=workspace, broker=BrokerEndpoint(unix_socket=fake_broker.socket,
+                                                                      open_tcp=open_tcp),
+                           agent=agent, timeout_seconds=timeout_seconds)
 
     return build
 
@@ -143,16 +150,6 @@ def docker_client() -> Iterator[object]:
     client = docker.from_env()
     yield client
     client.close()
-
-
-@pytest.fixture
-def agent_env(fake_broker: FakeBroker) -> dict[str, str]:
-    """What the orchestrator passes to start_agent: the run token as the CLI's key, nothing else secret."""
-    return {
-        "FSRLM_BROKER_TOKEN": fake_broker.token,
-        "ANTHROPIC_API_KEY": fake_broker.token,
-        "FSRLM_SUBCALL_CONCURRENCY": "4",
-    }
 
 
 async def _run_to_end(process, stdin: bytes | None = None) -> tuple[list[bytes], object]:

@@ -22,10 +22,12 @@ from fsrlm.executors.base import (
 )
 from fsrlm.executors.configs import DockerExecutorConfig
 from fsrlm.executors.docker import cleanup, hardening
-from fsrlm.executors.docker.executor import DockerExecutor, check_agent_env, chown_tree
+from fsrlm.executors.docker.errors import EngineRef, docker_errors
+from fsrlm.executors.docker.executor import DockerExecutor
+from fsrlm.executors.docker.handback import chown_tree
 from fsrlm.executors.docker.image import cli_binary
 from fsrlm.executors.liveness import orchestrator_id
-from support import SANDBOX_PROBE, run_objects
+from support import run_objects
 
 from fsrlm.errors import ExecutorUnavailable, ImageError, SandboxError
 from fsrlm.safe_fs import read_text_beneath as read_text_in_workspace
@@ -85,33 +87,39 @@ def test_hardening_follows_config() -> None:
     assert opts.create["user"] == "1234:99" and opts.create["name"] == "fsrlm-x"
 
 
-@pytest.mark.parametrize(
-    "env",
-    [
-        {"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_API_KEY": "sk-ant-real"},
-        {"ANTHROPIC_API_KEY": "sk-ant-real"},
-        {"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_AUTH_TOKEN": "real"},
-        {"FSRLM_BROKER_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "x"},
-        {"FSRLM_BROKER_TOKEN": "t", "AWS_PROFILE": "prod"},
-        {"FSRLM_BROKER_TOKEN": "t", "CLAUDE_CODE_OAUTH_TOKEN": "x"},
-    ],
-)
-def test_refuses_credentials_in_agent_env(env: dict[str, str]) -> None:
-    with pytest.raises(SandboxError, match="Refusing"):
-        check_agent_env(env)
-
-
-def test_accepts_the_run_token_as_key() -> None:
-    check_agent_env({"FSRLM_BROKER_TOKEN": "t", "ANTHROPIC_API_KEY": "t", "FSRLM_SUBCALL_CONCURRENCY": "8"})
-
-
-async def test_check_says_how_to_fix_a_missing_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_check_names_docker_host_and_the_reason_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     with pytest.raises(ExecutorUnavailable) as info:
         await DockerExecutor(DockerExecutorConfig()).check()
     message = str(info.value)
     assert "\n" not in message
-    assert "systemctl start docker" in message and "scripts/ensure-docker.sh" in message
+    assert f"unix://{tmp_path}/no-docker.sock (from DOCKER_HOST)" in message
+    assert "no such file or directory" in message  # the cause, whole, not a truncated repr
+    assert "unset DOCKER_HOST" in message
+
+
+def test_without_docker_host_the_fix_is_starting_the_local_engine() -> None:
+    ref = EngineRef.local({})
+    assert ref.label == "the Docker engine at unix:///var/run/docker.sock"
+    assert "systemctl start docker" in ref.fix and "scripts/ensure-docker.sh" in ref.fix
+
+
+def test_docker_errors_are_mapped_once_with_the_innermost_reason() -> None:
+    import docker.errors
+    import requests
+
+    ref = EngineRef(label="the Docker host tcp://h:2376 (from DOCKER_HOST)", fix="check the host")
+    refused = requests.exceptions.ConnectionError(OSError(111, "Connection refused"))
+    with pytest.raises(ExecutorUnavailable) as info, docker_errors("start the agent container", ref):
+        raise refused
+    assert str(info.value) == ("Cannot start the agent container: the Docker host tcp://h:2376 (from DOCKER_HOST) "
+                               "is not reachable (connection refused); check the host.")
+    with pytest.raises(ImageError), docker_errors("create the agent container", ref):
+        raise docker.errors.ImageNotFound("No such image: x")
+    with pytest.raises(SandboxError, match="answered 409"), docker_errors("kill it", ref):
+        raise docker.errors.APIError("conflict", response=type("R", (), {"status_code": 409, "reason": "x"})(),
+                                     explanation="container is not running")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
@@ -142,66 +150,14 @@ async def _ready_executor(config: DockerExecutorConfig | None = None) -> DockerE
 
 
 @pytest.mark.docker
-async def test_container_is_locked_down_from_inside(
-    docker_image, make_spec, agent_env, run_to_end, fake_broker, docker_client, workspace, monkeypatch
-) -> None:
-    monkeypatch.setenv("FSRLM_TEST_HOST_ONLY", "must-not-leak")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-aws-secret")
-    executor = await _ready_executor()
-    spec = make_spec()
-    sandbox = await executor.prepare(spec)
-    try:
-        sandbox.cli_path = "/usr/bin/python3"
-        env = {**agent_env, "FSRLM_BROKER_URL": "http://evil.example:1", "HOME": "/etc"}  # plumbing must win
-        process = await sandbox.start_agent(["-c", SANDBOX_PROBE], env)
-        lines, result = await run_to_end(process)
-        assert result.exit_code == 0, result.stderr_tail
-        assert (workspace / "output" / "probe.txt").stat().st_uid == 1000  # written by the container user
-    finally:
-        await sandbox.close()
-    facts = json.loads(lines[-1])
-
-    assert (facts["uid"], facts["gid"]) == (1000, 1000)
-    assert facts["groups"] in ([], [1000])
-    status = facts["status"]
-    for cap in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
-        assert int(status[cap], 16) == 0, (cap, status[cap])
-    assert status["NoNewPrivs"] == "1"
-    assert status["Seccomp"] == "2"  # filter mode: Docker's default profile
-    assert facts["net"] == ["lo"]
-    assert facts["writable"] == {
-        "/probe": False, "/etc/probe": False, "/usr/local/bin/probe": False, "/opt/fsrlm/probe": False,
-        "/workspace/probe.txt": True, "/workspace/output/probe.txt": True, "/tmp/probe": True, "/home/sandbox/probe": True,
-    }
-    assert facts["cwd"] == "/workspace"
-    env = facts["env"]
-    assert "FSRLM_TEST_HOST_ONLY" not in env
-    assert not [k for k in env if k.startswith("AWS_")]
-    assert env["ANTHROPIC_API_KEY"] == fake_broker.token
-    assert env["FSRLM_BROKER_URL"] == env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8080"
-    assert env["HOME"] == "/home/sandbox" and env["CLAUDE_CONFIG_DIR"] == "/workspace/.agent"
-    assert env["PYTHONPATH"] == "/workspace/tools" and env["FSRLM_WORKSPACE"] == "/workspace"
-    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
-    assert facts["health"] == [200, {"ok": True}]  # through the relay and the mounted socket
-    assert facts["health_without_token"][0] == 401
-    assert [r["path"] for r in fake_broker.requests] == ["/fsrlm/v1/health"] * 2
-
-    # after close: no container left, the workspace is the orchestrator's again
-    assert run_objects(docker_client, spec.run_id) == []
-    assert (workspace / "output" / "probe.txt").stat().st_uid == os.getuid()
-    assert workspace.stat().st_uid == os.getuid()
-    assert fake_broker.socket.stat().st_uid == os.getuid()
-
-
-@pytest.mark.docker
 async def test_container_settings_and_stdin_round_trip(
-    docker_image, make_spec, agent_env, run_to_end, docker_client, workspace
+    docker_image, make_spec, run_to_end, docker_client, workspace
 ) -> None:
     executor = await _ready_executor(DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100))
     spec = make_spec()
     async with await executor.prepare(spec) as sandbox:
         sandbox.cli_path = "/bin/cat"
-        process = await sandbox.start_agent([], agent_env)
+        process = await sandbox.start_agent([])
         info = docker_client.api.inspect_container(process.container_id)
         assert info["State"]["Running"]
         hc, config = info["HostConfig"], info["Config"]
@@ -231,24 +187,24 @@ async def test_container_settings_and_stdin_round_trip(
 
 
 @pytest.mark.docker
-async def test_cli_version_runs_in_the_sandbox(docker_image, make_spec, agent_env, run_to_end) -> None:
+async def test_cli_version_runs_in_the_sandbox(docker_image, make_spec, run_to_end) -> None:
     executor = await _ready_executor()
     async with await executor.prepare(make_spec()) as sandbox:
-        assert sandbox.cli_path == "/usr/local/bin/claude" and sandbox.workspace_path == "/workspace"
-        lines, result = await run_to_end(await sandbox.start_agent(["--version"], agent_env))
+        assert sandbox.cli_path == "/usr/local/bin/claude" and sandbox.places.workspace == "/workspace"
+        lines, result = await run_to_end(await sandbox.start_agent(["--version"]))
     assert result.exit_code == 0, result.stderr_tail
     assert b"Claude Code" in lines[-1]
 
 
 @pytest.mark.docker
 async def test_cli_turn_reaches_the_broker_and_obeys_the_policy(
-    docker_image, make_spec, agent_env, run_to_end, fake_broker
+    docker_image, make_spec, run_to_end, fake_broker
 ) -> None:
     """The real CLI answers one turn through relay + socket; the baked-in policy removes the web tools."""
     executor = await _ready_executor()
     argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
     async with await executor.prepare(make_spec()) as sandbox:
-        lines, result = await run_to_end(await sandbox.start_agent(argv, agent_env))
+        lines, result = await run_to_end(await sandbox.start_agent(argv))
     assert result.exit_code == 0, result.stderr_tail
     assert json.loads(lines[-1])["result"] == fake_broker.answer
     calls = [r for r in fake_broker.requests if r["path"] == "/v1/messages"]
@@ -284,13 +240,13 @@ async def test_policy_control_the_host_cli_offers_web_tools(fake_broker, tmp_pat
 
 @pytest.mark.docker
 async def test_killed_from_outside_then_close_cleans_up(
-    docker_image, make_spec, agent_env, docker_client, workspace
+    docker_image, make_spec, docker_client, workspace
 ) -> None:
     executor = await _ready_executor()
     spec = make_spec()
     sandbox = await executor.prepare(spec)
     sandbox.cli_path = "/bin/sh"
-    process = await sandbox.start_agent(["-c", "echo started > /workspace/output/partial.md; exec sleep 300"], agent_env)
+    process = await sandbox.start_agent(["-c", "echo started > /workspace/output/partial.md; exec sleep 300"])
     await asyncio.sleep(0.5)
     docker_client.api.kill(process.container_id)  # someone else kills it
     lines = [line async for line in process.stdout_lines()]
@@ -305,12 +261,12 @@ async def test_killed_from_outside_then_close_cleans_up(
 
 
 @pytest.mark.docker
-async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec, agent_env, docker_client) -> None:
+async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec, docker_client) -> None:
     executor = await _ready_executor()
     spec = make_spec()
     sandbox = await executor.prepare(spec)
     sandbox.cli_path = "/bin/sleep"
-    process = await sandbox.start_agent(["300"], agent_env)
+    process = await sandbox.start_agent(["300"])
     await asyncio.sleep(0.3)
     docker_client.api.remove_container(process.container_id, force=True)
     result = await asyncio.wait_for(process.wait(), 30)
@@ -320,61 +276,18 @@ async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec
 
 
 @pytest.mark.docker
-async def test_timeout_kills_the_container(docker_image, make_spec, agent_env, docker_client) -> None:
-    executor = await _ready_executor()
-    spec = make_spec(timeout_seconds=1.5)
-    async with await executor.prepare(spec) as sandbox:
-        sandbox.cli_path = "/bin/sleep"
-        started = time.monotonic()
-        process = await sandbox.start_agent(["300"], agent_env)
-        result = await asyncio.wait_for(process.wait(), 30)
-        assert time.monotonic() - started < 10
-        assert result.killed is True and process.timed_out is True and result.exit_code == 137
-    assert run_objects(docker_client, spec.run_id) == []
-
-
-@pytest.mark.docker
-async def test_kill_and_close_while_running(docker_image, make_spec, agent_env, docker_client) -> None:
-    executor = await _ready_executor()
-    spec = make_spec()
-    sandbox = await executor.prepare(spec)
-    sandbox.cli_path = "/bin/sh"
-    process = await sandbox.start_agent(["-c", "while :; do echo tick; sleep 0.05; done"], agent_env)
-    lines = process.stdout_lines()
-    assert await asyncio.wait_for(lines.__anext__(), 10) == b"tick"
-    await process.kill()
-    await process.kill()
-    result = await asyncio.wait_for(process.wait(), 30)
-    assert result.killed and result.exit_code == 137
-    await sandbox.close()  # also fine when a reader is still open
-    await lines.aclose()
-    assert run_objects(docker_client, spec.run_id) == []
-
-
-@pytest.mark.docker
-async def test_memory_limit_is_enforced(docker_image, make_spec, agent_env, run_to_end, docker_client) -> None:
+async def test_memory_limit_is_enforced(docker_image, make_spec, run_to_end, docker_client) -> None:
     executor = await _ready_executor(DockerExecutorConfig(memory="64m"))
     async with await executor.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/usr/bin/python3"
         script = "b = []\nwhile True: b.append(bytearray(16 * 1024 * 1024))"
-        _, result = await run_to_end(await sandbox.start_agent(["-c", script], agent_env))
+        _, result = await run_to_end(await sandbox.start_agent(["-c", script]))
     assert result.oom_killed is True and result.exit_code == 137 and result.killed is False
 
 
 @pytest.mark.docker
-async def test_refuses_credentials_before_creating_anything(docker_image, make_spec, docker_client, fake_broker) -> None:
-    executor = await _ready_executor()
-    spec = make_spec()
-    async with await executor.prepare(spec) as sandbox:
-        with pytest.raises(SandboxError, match="Refusing"):
-            await sandbox.start_agent(["--version"], {"FSRLM_BROKER_TOKEN": fake_broker.token,
-                                                      "ANTHROPIC_API_KEY": "sk-ant-real-key"})
-        assert run_objects(docker_client, spec.run_id) == []
-
-
-@pytest.mark.docker
 async def test_missing_configured_image_is_an_image_error(docker_image) -> None:
-    with pytest.raises(ImageError, match="not on this Docker host"):
+    with pytest.raises(ImageError, match=r"\(executor.image\) is not on the Docker engine at unix:"):
         await DockerExecutor(DockerExecutorConfig(image="fsrlm-no-such-image:0")).check()
 
 
@@ -402,14 +315,14 @@ async def test_gc_removes_old_leftovers_only(docker_image, docker_client) -> Non
 
 @pytest.mark.docker
 async def test_safe_read_refuses_links_the_agent_planted(
-    docker_image, make_spec, agent_env, run_to_end, workspace
+    docker_image, make_spec, run_to_end, workspace
 ) -> None:
     executor = await _ready_executor()
     script = ("ln -s /etc/passwd output/answer.md && echo fact > state/real.jsonl && "
               "ln state/real.jsonl state/artifacts.jsonl && ln -s / output/root && echo ok > output/plain.md")
     async with await executor.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/bin/sh"
-        _, result = await run_to_end(await sandbox.start_agent(["-c", script], agent_env))
+        _, result = await run_to_end(await sandbox.start_agent(["-c", script]))
         assert result.exit_code == 0, result.stderr_tail
     assert stat.S_ISLNK(os.lstat(workspace / "output" / "answer.md").st_mode)
     assert read_text_in_workspace(workspace, "output/answer.md", 1 << 20) is None
@@ -420,17 +333,18 @@ async def test_safe_read_refuses_links_the_agent_planted(
 
 @pytest.mark.docker
 async def test_cli_runs_as_a_uid_without_passwd_entry(
-    docker_image, make_spec, agent_env, run_to_end, fake_broker, workspace, monkeypatch
+    docker_image, make_spec, run_to_end, fake_broker, workspace, monkeypatch
 ) -> None:
     """A non-root orchestrator runs the container as its own uid, which the image does not know."""
     import fsrlm.executors.docker.executor as executor_mod
 
-    monkeypatch.setattr(executor_mod, "sandbox_user", lambda: (4242, 4242))
+    monkeypatch.setattr(executor_mod, "sandbox_user", lambda: (4242, 4242))  # as a non-root orchestrator
     executor = await _ready_executor()
     argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
     async with await executor.prepare(make_spec()) as sandbox:
-        assert (workspace / "input" / "prompt.md").stat().st_uid == 4242
-        lines, result = await run_to_end(await sandbox.start_agent(argv, agent_env))
+        process = await sandbox.start_agent(argv)
+        assert (workspace / "input" / "prompt.md").stat().st_uid == 4242  # handed over before the start
+        lines, result = await run_to_end(process)
     assert result.exit_code == 0, result.stderr_tail
     assert json.loads(lines[-1])["result"] == fake_broker.answer
     assert (workspace / "input" / "prompt.md").stat().st_uid == os.getuid()

@@ -66,7 +66,7 @@ def test_default_tag_names_the_content(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_build_without_daemon_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
-    with pytest.raises(ExecutorUnavailable, match="ensure-docker.sh"):
+    with pytest.raises(ExecutorUnavailable, match="from DOCKER_HOST.*unset DOCKER_HOST"):
         image_mod.build_image_cli()
 
 

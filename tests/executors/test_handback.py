@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fsrlm.executors.docker.executor import chown_tree
+from fsrlm.executors.docker.handback import chown_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
 

@@ -23,7 +23,7 @@ from fsrlm.executors.docker.image import LABEL_IMAGE_HASH, expected_hash
 from fsrlm.executors.docker.remote import RemoteDockerExecutor
 from support import SANDBOX_PROBE, run_objects
 
-from fsrlm.errors import ExecutorUnavailable, SandboxError
+from fsrlm.errors import ExecutorUnavailable
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def remote_client(remote_docker_host):
 
 @pytest.mark.docker
 async def test_locked_down_container_with_a_volume_and_a_tunnel(
-    remote, remote_client, make_spec, agent_env, run_to_end, fake_broker, workspace, monkeypatch
+    remote, remote_client, make_spec, run_to_end, fake_broker, workspace, monkeypatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-aws-secret")
     await remote.check()
@@ -52,7 +52,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     sandbox = await remote.prepare(spec)
     try:
         sandbox.cli_path = "/usr/bin/python3"
-        process = await sandbox.start_agent(["-c", SANDBOX_PROBE], agent_env)
+        process = await sandbox.start_agent(["-c", SANDBOX_PROBE])
         info = remote_client.api.inspect_container(process.container_id)
         lines, result = await run_to_end(process)
         assert result.exit_code == 0, result.stderr_tail
@@ -63,7 +63,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
 
     # the container: no bind mount at all, the run's volume as the only writable mount, no network
     assert [(m["Type"], m["Destination"], m["Name"]) for m in info["Mounts"]] == [
-        ("volume", "/workspace", sandbox.volume)]
+        ("volume", "/workspace", sandbox.workspace.volume)]
     assert info["HostConfig"]["NetworkMode"] == "none" and info["HostConfig"]["ReadonlyRootfs"] is True
     assert info["HostConfig"]["CapDrop"] == ["ALL"] and info["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     assert info["Config"]["Labels"][LABEL_APP] == "1" and info["Config"]["Labels"][LABEL_RUN_ID] == spec.run_id
@@ -88,18 +88,8 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
 
 
 @pytest.mark.docker
-async def test_cli_turn_through_the_tunnel(remote, make_spec, agent_env, run_to_end, fake_broker) -> None:
-    argv = ["-p", "say pong", "--output-format", "json", "--model", "fake-model", "--max-turns", "1"]
-    async with await remote.prepare(make_spec()) as sandbox:
-        lines, result = await run_to_end(await sandbox.start_agent(argv, agent_env))
-    assert result.exit_code == 0, result.stderr_tail
-    assert json.loads(lines[-1])["result"] == fake_broker.answer
-    assert any(r["path"] == "/v1/messages" for r in fake_broker.requests)
-
-
-@pytest.mark.docker
 async def test_stdin_round_trip_and_many_connections(
-    remote, remote_client, make_spec, agent_env, run_to_end, fake_broker
+    remote, remote_client, make_spec, run_to_end, fake_broker
 ) -> None:
     script = r"""
 import concurrent.futures, os, sys, urllib.request
@@ -116,7 +106,7 @@ for line in sys.stdin:
     spec = make_spec()
     async with await remote.prepare(spec) as sandbox:
         sandbox.cli_path = "/usr/bin/python3"
-        process = await sandbox.start_agent(["-c", script], agent_env)
+        process = await sandbox.start_agent(["-c", script])
         payload = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(2000))
         lines, result = await run_to_end(process, payload)
         assert result.exit_code == 0, result.stderr_tail
@@ -126,16 +116,15 @@ for line in sys.stdin:
 
 
 @pytest.mark.docker
-async def test_timeout_kill_and_partial_work_comes_back(
-    remote, remote_client, make_spec, agent_env, workspace
+async def test_close_copies_back_what_was_never_collected(
+    remote, remote_client, make_spec, workspace
 ) -> None:
     spec = make_spec(timeout_seconds=3)
     sandbox = await remote.prepare(spec)
     sandbox.cli_path = "/bin/sh"
-    process = await sandbox.start_agent(["-c", "echo partial > output/partial.md; exec sleep 300"], agent_env)
-    started = time.monotonic()
+    process = await sandbox.start_agent(["-c", "echo partial > output/partial.md; exec sleep 300"])
     result = await asyncio.wait_for(process.wait(), 30)
-    assert result.killed and process.timed_out and time.monotonic() - started < 15
+    assert result.killed and process.timed_out
     await sandbox.close()  # never collected: close copies back first
     assert (workspace / "output" / "partial.md").read_text() == "partial\n"
     assert run_objects(remote_client, spec.run_id) == []
@@ -143,7 +132,7 @@ async def test_timeout_kill_and_partial_work_comes_back(
 
 @pytest.mark.docker
 async def test_host_side_writes_win_and_hostile_links_stay_out(
-    remote, make_spec, agent_env, run_to_end, workspace, tmp_path
+    remote, make_spec, run_to_end, workspace, tmp_path
 ) -> None:
     secret = tmp_path / "host-secret.txt"
     secret.write_text("host secret")
@@ -153,7 +142,7 @@ async def test_host_side_writes_win_and_hostile_links_stay_out(
               "mkfifo output/fifo; echo ok > output/plain.md")
     async with await remote.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/bin/sh"
-        process = await sandbox.start_agent(["-c", script], agent_env)
+        process = await sandbox.start_agent(["-c", script])
         # meanwhile the broker writes on the host
         (workspace / "state" / "events.jsonl").write_text("event 1\nevent 2\n")
         (workspace / "state" / "subcalls.jsonl").write_text("broker line\n")
@@ -169,18 +158,6 @@ async def test_host_side_writes_win_and_hostile_links_stay_out(
     assert secret.read_text() == "host secret"
 
 
-@pytest.mark.docker
-async def test_refuses_credentials_before_creating_anything(
-    remote, remote_client, make_spec, fake_broker
-) -> None:
-    spec = make_spec()
-    async with await remote.prepare(spec) as sandbox:
-        with pytest.raises(SandboxError, match="Refusing"):
-            await sandbox.start_agent(["--version"], {"FSRLM_BROKER_TOKEN": fake_broker.token,
-                                                      "AWS_ACCESS_KEY_ID": "AKIA-host"})
-        assert run_objects(remote_client, spec.run_id) == []
-
-
 async def test_connection_refused_is_a_one_line_error() -> None:
     url = f"tcp://127.0.0.1:{free_port()}"
     with pytest.raises(ExecutorUnavailable) as info:
@@ -188,15 +165,6 @@ async def test_connection_refused_is_a_one_line_error() -> None:
     message = str(info.value)
     assert "\n" not in message and url in message and "connection refused" in message
     assert "DOCKER_HOST" in message
-
-
-@pytest.mark.docker
-async def test_gc_reaps_the_remote_host(remote, remote_client, docker_image) -> None:
-    labels = hardening.run_labels("gc-remote-test", time.time() - 10**6)
-    volume = remote_client.volumes.create(labels=labels)
-    removed = await remote.gc(older_than_seconds=10**5)
-    assert volume.name in removed
-    assert not remote_client.volumes.list(filters={"label": f"{LABEL_RUN_ID}=gc-remote-test"})
 
 
 def test_volume_is_the_only_writable_mount() -> None:
@@ -269,7 +237,7 @@ async def test_a_stale_image_on_the_host_is_replaced(remote_docker_host, remote_
 # -- other ways to reach a host: TLS, ssh -------------------------------------------------
 
 
-async def _round_trip(executor, make_spec, agent_env, run_to_end) -> list[bytes]:
+async def _round_trip(executor, make_spec, run_to_end) -> list[bytes]:
     script = ("import os, sys, urllib.request\n"
               "req = urllib.request.Request(os.environ['FSRLM_BROKER_URL'] + '/fsrlm/v1/health', "
               "headers={'x-api-key': os.environ['FSRLM_BROKER_TOKEN']})\n"
@@ -277,7 +245,7 @@ async def _round_trip(executor, make_spec, agent_env, run_to_end) -> list[bytes]
               "sys.stdout.write(sys.stdin.read().upper())\n")
     async with await executor.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/usr/bin/python3"
-        process = await sandbox.start_agent(["-c", script], agent_env)
+        process = await sandbox.start_agent(["-c", script])
         lines, result = await run_to_end(process, b"hello over the wire\n" * 5000)
         assert result.exit_code == 0, result.stderr_tail
         await sandbox.collect()
@@ -285,13 +253,13 @@ async def _round_trip(executor, make_spec, agent_env, run_to_end) -> list[bytes]
 
 
 @pytest.mark.docker
-async def test_tls_host_runs_the_sandbox(remote_tls_host, docker_image, make_spec, agent_env, run_to_end,
+async def test_tls_host_runs_the_sandbox(remote_tls_host, docker_image, make_spec, run_to_end,
                                          monkeypatch) -> None:
     for name, value in remote_tls_host.env.items():
         monkeypatch.setenv(name, value)
     executor = RemoteDockerExecutor(RemoteDockerExecutorConfig())  # all from DOCKER_HOST / _TLS_VERIFY / _CERT_PATH
     assert executor.endpoint.tls_dir == remote_tls_host.certs["client"]
-    lines = await _round_trip(executor, make_spec, agent_env, run_to_end)
+    lines = await _round_trip(executor, make_spec, run_to_end)
     assert lines[0] == b"200" and lines[1:] == [b"HELLO OVER THE WIRE"] * 5000
 
 
@@ -329,7 +297,7 @@ while data := s.recv(65536):
 
 
 @pytest.mark.docker
-async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image, make_spec, agent_env,
+async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image, make_spec,
                                                 run_to_end, tmp_path, monkeypatch) -> None:
     from fsrlm.executors.docker.sshdial import SSHDialer
 
@@ -343,7 +311,7 @@ async def test_ssh_host_goes_through_dial_stdio(remote_docker_host, docker_image
     url = "ssh://tester@build-box:2222"
     try:
         executor = RemoteDockerExecutor(RemoteDockerExecutorConfig(host=url))
-        lines = await _round_trip(executor, make_spec, agent_env, run_to_end)
+        lines = await _round_trip(executor, make_spec, run_to_end)
     finally:
         SSHDialer.shared(url).close()
     assert lines[0] == b"200" and len(lines) == 5001

@@ -19,7 +19,6 @@ outcomes into the table.
 
 from __future__ import annotations
 
-import json
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -27,13 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from security_support import (
-    PREAMBLE,
-    AttackRun,
-    our_containers,
-    read_findings,
-    run_processes,
-)
+from security_support import PREAMBLE, AttackRun, our_containers, read_findings
+from support import run_ids_under, run_processes
 
 from fsrlm import RLM
 from fsrlm.testing.plans import script_plan
@@ -99,20 +93,6 @@ def attack_run(docker_image, scripted, make_config) -> Callable[..., AttackRun]:
 # -- nothing left behind (scoped to this test's own runs) ----------------------------------
 
 
-def _run_ids_under(root: Path) -> set[str]:
-    ids: set[str] = set()
-    if not root.is_dir():
-        return ids
-    for job in root.rglob("state/job.json"):
-        try:
-            run_id = json.loads(job.read_text()).get("run_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(run_id, str):
-            ids.add(run_id)
-    return ids
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind(tmp_path: Path) -> Iterator[None]:
     """After each test: no container and no agent process of this test's runs is left."""
@@ -120,7 +100,7 @@ def nothing_left_behind(tmp_path: Path) -> Iterator[None]:
     deadline = time.monotonic() + 10
     while True:
         containers = our_containers(tmp_path)
-        processes = run_processes(_run_ids_under(tmp_path))
+        processes = run_processes(run_ids_under(tmp_path))
         if not (containers or processes) or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -121,17 +121,3 @@ def our_containers(tmp_path: Path) -> list[str]:
         client.close()
 
 
-def run_processes(run_ids: set[str]) -> list[int]:
-    markers = [f"FSRLM_RUN_ID={r}\0".encode() for r in run_ids]
-    found = []
-    if not markers:
-        return found
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                env = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if any(m in env for m in markers):
-                found.append(int(entry.name))
-    return found
