@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import os
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +15,6 @@ from urllib.parse import quote
 import claude_agent_sdk
 import pytest
 from aiohttp import web
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 from broker_harness import TOKEN
 
@@ -28,31 +23,15 @@ from fsrlm.broker.upstreams import check_credentials
 from fsrlm.broker.upstreams.bedrock import BEDROCK_ANTHROPIC_VERSION
 from fsrlm.config import UpstreamConfig
 from fsrlm.errors import CredentialsError
+from fsrlm.testing.bedrock import BedrockCredentials, event_frame, sigv4_problem
 
-ACCESS_KEY = "AKIAFAKEFAKEFAKEFAKE"
-SECRET_KEY = "fake/secret/key/for/tests/only/0123456789"
-REGION = "us-west-2"
+CREDENTIALS = BedrockCredentials()
+ACCESS_KEY, SECRET_KEY, REGION = CREDENTIALS.access_key, CREDENTIALS.secret_key, CREDENTIALS.region
 SUBMODEL = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 ROOT_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 
 
 # -- AWS event stream frames (application/vnd.amazon.eventstream) ---------------------------
-
-
-def _header(name: str, value: str) -> bytes:
-    n, v = name.encode(), value.encode()
-    return bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
-
-
-def event_frame(event: dict[str, Any]) -> bytes:
-    """One Bedrock ``chunk`` frame carrying an Anthropic streaming event."""
-    payload = json.dumps({"bytes": base64.b64encode(json.dumps(event).encode()).decode()},
-                         separators=(",", ":")).encode()
-    headers = _header(":event-type", "chunk") + _header(":content-type", "application/json") + \
-        _header(":message-type", "event")
-    prelude = struct.pack(">II", 12 + len(headers) + len(payload) + 4, len(headers))
-    message = prelude + struct.pack(">I", binascii.crc32(prelude)) + headers + payload
-    return message + struct.pack(">I", binascii.crc32(message))
 
 
 def stream_events(model: str, text: str, input_tokens: int = 21, output_tokens: int = 7) -> list[dict[str, Any]]:
@@ -84,33 +63,6 @@ def test_event_frames_decode_with_botocore() -> None:
 # -- the fake Bedrock runtime ---------------------------------------------------------------
 
 
-def sigv4_problem(request: web.Request, body: bytes) -> str | None:
-    """Recompute the signature from what arrived on the wire, as AWS does; None when it matches."""
-    auth = request.headers.get("authorization", "")
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        return "no SigV4 authorization header"
-    amz_date = request.headers.get("x-amz-date")
-    if not amz_date:
-        return "no x-amz-date"
-    fields = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(","))
-    access_key, date, region, service, terminal = fields["Credential"].split("/")
-    if (access_key, region, service, terminal, date) != (ACCESS_KEY, REGION, "bedrock", "aws4_request",
-                                                         amz_date[:8]):
-        return f"unexpected credential scope {fields['Credential']}"
-    signed = fields["SignedHeaders"].split(";")
-    headers = {name: request.headers[name] for name in signed if name in request.headers}
-    if set(headers) != set(signed):
-        return f"signed headers missing on the wire: {set(signed) - set(headers)}"
-    # AWS canonicalises the path exactly as it arrived (raw, still percent-encoded).
-    aws = AWSRequest(method=request.method, url=f"http://{request.host}{request.raw_path}", data=body,
-                     headers=headers)
-    aws.context["timestamp"] = amz_date
-    token = request.headers.get("x-amz-security-token")
-    signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY, token), "bedrock", REGION)
-    expected = signer.signature(signer.string_to_sign(aws, signer.canonical_request(aws)), aws)
-    return None if expected == fields["Signature"] else "signature mismatch"
-
-
 @dataclass
 class FakeBedrock:
     url: str = ""
@@ -121,7 +73,7 @@ class FakeBedrock:
         body = await request.read()
         self.seen.append({"path": request.path, "raw_path": request.raw_path, "body": json.loads(body),
                           "headers": {k.lower(): v for k, v in request.headers.items()}})
-        problem = sigv4_problem(request, body)
+        problem = sigv4_problem(request, body, CREDENTIALS)
         if problem:
             return web.json_response({"message": f"The request signature is invalid: {problem}"}, status=403)
         model, action = request.match_info["model"], request.match_info["action"]

@@ -70,11 +70,7 @@ async def test_locked_down_container_with_a_volume_and_a_tunnel(
     assert facts["uid"] == 1000 and int(facts["status"]["CapEff"], 16) == 0
     assert facts["status"]["NoNewPrivs"] == "1" and facts["status"]["Seccomp"] == "2"
     assert facts["net"] == ["lo"]
-    assert facts["writable"] == {
-        "/probe": False, "/etc/probe": False, "/usr/local/bin/probe": False, "/opt/fsrlm/probe": False,
-        "/workspace/probe.txt": True, "/workspace/output/probe.txt": True, "/tmp/probe": True,
-        "/home/sandbox/probe": True,
-    }
+    assert facts["writable"]["/workspace/output/probe.txt"] is True  # the rest: test_conformance.py::test_isolation
     assert facts["input"] == "the input\n"  # copied in
     env = facts["env"]
     assert not [k for k in env if k.startswith("AWS_")] and env["ANTHROPIC_API_KEY"] == fake_broker.token
