@@ -106,7 +106,7 @@ async def fake_broker() -> AsyncIterator[FakeBroker]:
     os.chmod(broker.socket, 0o600)
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
     await tcp.start()
-    broker.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    broker.port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
     try:
         yield broker
     finally:
