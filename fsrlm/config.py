@@ -142,7 +142,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def merge_settings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, table by table (a new executor type replaces the old table)."""
     merged = dict(base)
     for key, value in top.items():
         if value is None:
@@ -155,7 +156,7 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
             else:
                 merged[key] = {**old, **value}
         elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -220,8 +221,8 @@ def load_config(
     if path is not None:
         data = _read_toml(Path(path))
     try:
-        data = _merge(data, _env_overrides(env))
+        data = merge_settings(data, _env_overrides(env))
     except json.JSONDecodeError as e:
         raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
-    data = _merge(data, dict(overrides or {}))
+    data = merge_settings(data, dict(overrides or {}))
     return build_config(data)

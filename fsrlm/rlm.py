@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.events import RLMEvent
 from fsrlm.results import RLMResult
+from fsrlm.resume import plan_resume
 from fsrlm.run import RunInput, resume_rlm, run_rlm
 from fsrlm.workspace import InputLike
 
@@ -98,12 +99,20 @@ class RLM:
         """Synchronous ``astream`` (the run happens on a worker thread)."""
         return _iterate_in_thread(self.astream(prompt, **kwargs))
 
-    async def aresume(self, workspace: str | Path, *, on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
-        """Continue an interrupted run in its workspace (see ``fsrlm resume``)."""
-        return await resume_rlm(self.config, Path(workspace), on_event=on_event)
+    async def aresume(self, workspace: str | Path, *, overrides: Mapping[str, Any] | None = None,
+                      on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
+        """Continue a run in its workspace with the settings it was started with (see ``fsrlm resume``).
 
-    def resume(self, workspace: str | Path, *, on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
-        return run_sync(self.aresume(workspace, on_event=on_event))
+        This object's configuration says where the run's record is (``cache_dir``) and
+        supplies credentials; ``overrides`` change the run's own settings explicitly.
+        A run that already completed returns its result without running anything.
+        """
+        plan = plan_resume(self.config, Path(workspace), overrides)
+        return await resume_rlm(self.config, Path(workspace), on_event=on_event, plan=plan)
+
+    def resume(self, workspace: str | Path, *, overrides: Mapping[str, Any] | None = None,
+               on_event: Callable[[RLMEvent], None] | None = None) -> RLMResult:
+        return run_sync(self.aresume(workspace, overrides=overrides, on_event=on_event))
 
 
 async def _events_of(start) -> AsyncIterator[RLMEvent]:

@@ -28,13 +28,20 @@ from fsrlm.agent import SandboxTransport, cli_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig
-from fsrlm.errors import FsrlmError, InputError, SandboxError, WorkspaceError
+from fsrlm.errors import FsrlmError, InputError, SandboxError
 from fsrlm.events import EventLog, Subscriber
 from fsrlm.executors.base import Sandbox, SandboxSpec
 from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
 from fsrlm.prompts import InputSummary, first_message, system_append
 from fsrlm.results import RLMResult, RunMetrics, StopReason
+from fsrlm.resume import (
+    RESUME_MESSAGE,
+    ResumePlan,
+    plan_resume,
+    saved_settings,
+    stored_result,
+)
 from fsrlm.runstate import RunState, RunStateStore
 from fsrlm.workspace import INLINE_LIMIT, Workspace
 
@@ -110,13 +117,6 @@ def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) ->
     return ws, InputSummary(size_bytes=size, head=head, tail=tail, question=question, attachments=attachments)
 
 
-RESUME_MESSAGE = (
-    "This run was interrupted and is now resumed. The workspace is as you left it; model calls you "
-    "already made are answered from the cache for free. Continue where you stopped and write "
-    "output/answer.md."
-)
-
-
 async def _preflight(config: RLMConfig):
     check_credentials(config.upstream)
     executor = create_executor(config.executor)
@@ -147,19 +147,17 @@ async def run_rlm(
                           shared=shared or SharedLedger(), on_event=on_event)
 
 
-async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | None = None) -> RLMResult:
-    """Continue an interrupted run in its own workspace: same conversation, spent limits kept."""
-    ws = Workspace.open(workspace)
-    state = RunStateStore(config.effective_cache_dir).load(ws.run_id)
-    if state.workspace.resolve() != ws.root:  # the run id came from the agent-writable job.json
-        raise WorkspaceError(f"the host-side record of run {ws.run_id} belongs to {state.workspace}, not to "
-                             f"{ws.root}; resume that folder instead")
-    if state.session_id is None:
-        raise WorkspaceError(f"run {ws.run_id} stopped before the agent started; start it again instead")
-    executor = await _preflight(config)
-    system = ws.read("input/system.md", 1 << 20)
-    return await _execute(config, executor, ws, RESUME_MESSAGE, system=system, depth=state.depth,
-                          shared=state.shared_ledger(), on_event=on_event, resume=state)
+async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | None = None,
+                     plan: ResumePlan | None = None) -> RLMResult:
+    """Continue a run in its own workspace with its own settings (``fsrlm/resume.py``): same conversation,
+    spent limits kept; a completed run's result is returned as it was, without running anything."""
+    plan = plan or plan_resume(config, workspace)
+    if plan.action == "show_result":
+        return stored_result(plan)
+    executor = await _preflight(plan.config)
+    state = plan.state
+    return await _execute(plan.config, executor, plan.workspace, RESUME_MESSAGE, system=state.system,
+                          depth=state.depth, shared=state.shared_ledger(), on_event=on_event, resume=state)
 
 
 class _Outcome:
@@ -196,9 +194,11 @@ async def _execute(
     events = EventLog(ws.root, ws.run_id, [on_event] if on_event else [])
     store = RunStateStore(config.effective_cache_dir)
 
+    settings = saved_settings(config)
+
     def record_state(**fields: Any) -> None:
-        state = RunState.of(broker.ledger, run_id=ws.run_id, workspace=ws.root, session_id=outcome.session_id)
-        store.save(state.model_copy(update=fields))
+        store.save(RunState.of(broker.ledger, run_id=ws.run_id, workspace=ws.root, session_id=outcome.session_id,
+                               config=settings, system=system, **fields))
 
     async def nested(prompt: str, context: str) -> dict[str, Any]:
         child = await run_rlm(
@@ -252,7 +252,10 @@ async def _execute(
             logger.exception("run %s failed", ws.run_id)
             outcome.fail("error", f"{type(e).__name__}: {e}")
 
-    return _result(config, ws, broker, events, shared, outcome, started=started, depth=depth)
+    result = _result(config, ws, broker, events, shared, outcome, started=started, depth=depth)
+    record_state(stop_reason=result.stop_reason, finished=result.stop_reason not in ("interrupted", "timeout"),
+                 result=result.model_dump(mode="json", exclude={"artifacts"}))
+    return result
 
 
 @contextlib.asynccontextmanager
@@ -311,8 +314,14 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
             errors.append(f"{record.script}: {record.error}")
     answer = ws.read("output/answer.md", MAX_ANSWER_BYTES)
     if stop == "completed" and not (answer and answer.strip()):
-        stop = "no_answer"
-        errors.append("the agent finished without writing output/answer.md")
+        refused = sorted({r.limit for r in broker.records if r.status == "refused" and r.limit})
+        if refused:  # the agent gave up because a limit refused its calls: the limit stopped the run
+            stop = "limit"
+            errors.append(f"the run ended without an answer after {', '.join(refused)} refused its calls; "
+                          "raise the limit (see the errors above) or narrow the question")
+        else:
+            stop = "no_answer"
+            errors.append("the agent finished without writing output/answer.md")
     success = stop == "completed"
     metrics = RunMetrics.from_records(
         broker.records, total_cost=shared.spent_usd,

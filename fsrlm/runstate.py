@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,9 +21,14 @@ from fsrlm.errors import WorkspaceError
 
 
 class RunState(BaseModel):
+    """What the host knows of a run; the agent can read none of it and write none of it."""
+
     run_id: str
     workspace: Path
     session_id: str | None = None
+    config: dict[str, Any] | None = None  # the run's settings (RLMConfig, without secrets): resume keeps them
+    system: str | None = None  # the user's system prompt (the workspace copy is the agent's to change)
+    result: dict[str, Any] | None = None  # the finished run's result (RLMResult, without artifacts)
     depth: int = 0
     subcalls: int = 0
     spent_usd: float = 0.0
@@ -33,11 +39,12 @@ class RunState(BaseModel):
     stop_reason: str | None = None
 
     @classmethod
-    def of(cls, ledger: RunLedger, *, run_id: str, workspace: Path, session_id: str | None) -> RunState:
+    def of(cls, ledger: RunLedger, *, run_id: str, workspace: Path, session_id: str | None,
+           **fields: Any) -> RunState:
         s = ledger.shared
         return cls(run_id=run_id, workspace=workspace, session_id=session_id, depth=ledger.depth,
                    subcalls=s.subcalls, spent_usd=s.spent_usd, root_usd=s.root_usd, subcall_usd=s.subcall_usd,
-                   per_script=dict(ledger.per_script))
+                   per_script=dict(ledger.per_script), **fields)
 
     def restore(self, ledger: RunLedger) -> None:
         """Make ``ledger`` count what this run already spent."""

@@ -112,3 +112,76 @@ def test_killed_run_resumes_without_paying_twice(scripted, tmp_path):
     resumed_requests = [r for r in scripted.requests_of("root") if "resumed" in last_user_text(r.body)]
     assert result["session_id"] and resumed_requests
     assert len(resumed_requests[0].body["messages"]) > 3  # the earlier turns came along
+
+
+def _cli_env(scripted, tmp_path: Path) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FSRLM_", "ANTHROPIC_"))},
+        "FSRLM_UPSTREAM": "compatible", "FSRLM_UPSTREAM_BASE_URL": scripted.url,
+        "FSRLM_UPSTREAM_API_KEY": FAKE_UPSTREAM_KEY, "FSRLM_CACHE_DIR": str(tmp_path / "cache"),
+        "FSRLM_ROOT_MODEL": "scripted-root", "FSRLM_SUBMODEL": "scripted-sub", "FSRLM_EXECUTOR": "local",
+    }
+
+
+def _fsrlm(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsrlm.cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_resume_keeps_the_runs_own_settings_and_system_prompt(scripted, tmp_path):
+    """A budget, max_turns and system prompt given to `fsrlm run` survive a kill; the run folder cannot change them."""
+    scripted.plan = resumable_plan()
+    runs, env = tmp_path / "runs", _cli_env(scripted, tmp_path)
+    (tmp_path / "in.txt").write_text("some input\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsrlm.cli.main", "run", str(tmp_path / "in.txt"), "-q", "q", "--workspace", str(runs),
+         "--max-budget-usd", "20", "--max-turns", "7", "--system", "ORIGINAL SYSTEM PROMPT", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/scratch/was-interrupted")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    workspace = next(runs.iterdir())
+    (workspace / "input" / "system.md").write_text("INJECTED BY THE AGENT")  # the agent may write its workspace
+    scripted.reset()
+
+    resumed = _fsrlm("resume", str(workspace), "--json", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    said = resumed.stderr.splitlines()[0]
+    assert said.startswith(f"fsrlm: resuming run {workspace.name} (it stopped:") and "of $20.00" in said
+    roots = scripted.requests_of("root")
+    systems = json.dumps([r.body.get("system") for r in roots])
+    assert "ORIGINAL SYSTEM PROMPT" in systems and "INJECTED BY THE AGENT" not in systems
+    assert all(r.body.get("max_tokens") for r in roots)
+    from fsrlm.config import load_config
+    from fsrlm.resume import plan_resume
+
+    plan = plan_resume(load_config(env=env), workspace)
+    assert (plan.config.max_budget_usd, plan.config.max_turns) == (20.0, 7)  # not the defaults ($5, 50)
+    assert plan_resume(load_config(env=env), workspace, {"max_budget_usd": 30}).config.max_budget_usd == 30
+
+
+def test_resuming_a_completed_run_returns_its_result_and_spends_nothing(scripted, tmp_path):
+    text, expected = log_lines(300)
+    scripted.plan = count_label_plan(chunk_size=4000)
+    env = _cli_env(scripted, tmp_path)
+    (tmp_path / "log.txt").write_text(text)
+    first = _fsrlm("run", str(tmp_path / "log.txt"), "-q", "How many lines contain ERROR?", "--workspace",
+                   str(tmp_path / "runs"), "--preserve-workspace", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    done = json.loads(first.stdout)
+    asked = len(scripted.requests)
+
+    again = _fsrlm("resume", done["workspace_path"], "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[0] == (f"fsrlm: run {done['run_id']} already completed "
+                                            f"(${done['metrics']['total_cost_usd']:.2f} spent of $5.00); showing its "
+                                            "result — nothing runs, nothing is spent")
+    assert len(scripted.requests) == asked  # no model call at all
+    shown = json.loads(again.stdout)
+    assert shown["answer"] == done["answer"] == str(expected)
+    assert shown["metrics"] == done["metrics"] and shown["stop_reason"] == "completed"
