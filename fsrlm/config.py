@@ -161,6 +161,12 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def merge_overrides(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base`` as ``load_config`` does: tables merge, a new executor ``type`` replaces
+    the executor table, ``None`` values are ignored. Used for per-job overrides (``fsrlm batch``)."""
+    return _merge(dict(base), top)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
