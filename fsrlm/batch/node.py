@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ CHUNK = 4 * 1024 * 1024
 # gc's older_than: only leftovers whose orchestrator is proven dead on this machine go, never one
 # of a live run, nor one whose orchestrator cannot be checked (made from another machine).
 ONLY_PROVEN_DEAD = 100 * 365 * 86400.0
+JOB_DIR_PREFIX = "fsrlm-job-"  # + <pid of the worker>-: a job's copied inputs (task.py)
 
 
 class ImageOffer(BaseModel):
@@ -145,8 +147,27 @@ async def sweep(config: RLMConfig) -> list[str]:
     if config.executor.type == "docker":
         removed += await create_executor(config.executor).gc(ONLY_PROVEN_DEAD)
     removed += [f"broker socket {folder}" for folder in remove_stale_socket_dirs()]
+    removed += [f"job folder {folder}" for folder in _remove_dead_job_dirs()]
     if removed:
         logger.info("removed leftovers of dead runs: %s", ", ".join(removed))
+    return removed
+
+
+def _remove_dead_job_dirs() -> list[str]:
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(JOB_DIR_PREFIX + "*"):
+        pid = folder.name.removeprefix(JOB_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its worker still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
     return removed
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from fsrlm.batch.jobs import Job
-from fsrlm.batch.node import ImageOffer, prepare_node
+from fsrlm.batch.node import JOB_DIR_PREFIX, ImageOffer, prepare_node
 from fsrlm.batch.results import JobResult
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError
@@ -83,10 +85,10 @@ def _write_chunks(refs: list[Any], path: Path) -> Path:
     return path
 
 
-def _materialize(payload: JobPayload, folder: Path) -> tuple[Any, dict[str, Any]]:
+def _materialize(payload: JobPayload, folder: Path | None) -> tuple[Any, dict[str, Any]]:
     """The prompt and attachments to hand to ``ainvoke``: paths, inline text, or files written from chunks."""
     job = payload.job
-    if payload.chunks is None:
+    if payload.chunks is None or folder is None:
         prompt: Any = job.input
         attachments: dict[str, Any] = dict(job.attachments)
     else:
@@ -106,12 +108,17 @@ async def run_job(payload: JobPayload) -> JobResult:
         config = payload.config
         if payload.on_ray:
             config = await prepare_node(config, payload.image, payload.batch_id)
-        with tempfile.TemporaryDirectory(prefix="fsrlm-job-") as tmp:
-            prompt, attachments = await asyncio.to_thread(_materialize, payload, Path(tmp))
+        # Named by this process: a sweep removes the folder of a worker killed mid-job (node.sweep).
+        folder = Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-")) if payload.chunks else None
+        try:
+            prompt, attachments = await asyncio.to_thread(_materialize, payload, folder)
             from fsrlm.rlm import RLM
 
             result = await RLM(config).ainvoke(prompt, messages=job.messages, system=job.system,
                                                question=job.question, attachments=attachments or None)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
     except FsrlmError as e:
         return JobResult(id=job.id, success=False, stop_reason="error", errors=[str(e)], line=job.line,
                          started_at=started, finished_at=time.time())
