@@ -157,13 +157,15 @@ async def _run(run: BatchRun) -> BatchSummary:
     environ = run.environ
     started = time.monotonic()
     batch_id = secrets.token_hex(6)
-    with ResultsWriter(options.out, resume=options.resume) as writer:
-        checked = validate_jobs(options.jobs, config, finished=writer.finished,
-                                need_budget=options.max_total_usd is not None)
-        summary = run.summary = BatchSummary(jobs=checked.total, skipped=checked.total - checked.to_run,
-                                             out=str(options.out), backend=options.ray or "local")
-        if options.check_only or checked.to_run == 0:
-            return summary
+    writer = ResultsWriter(options.out, resume=options.resume)
+    writer.check()  # creates nothing: a batch refused for a bad line leaves no results file behind
+    checked = validate_jobs(options.jobs, config, finished=writer.finished,
+                            need_budget=options.max_total_usd is not None)
+    summary = run.summary = BatchSummary(jobs=checked.total, skipped=checked.total - checked.to_run,
+                                         out=str(options.out), backend=options.ray or "local")
+    if options.check_only or checked.to_run == 0:
+        return summary
+    with writer:
         backend = make_backend(options, config, environ)
         gate = TotalBudget(options.max_total_usd) if options.max_total_usd is not None else None
         fan = FanOut(backend, gate=gate, max_attempts=options.max_attempts, on_event=progress.event)

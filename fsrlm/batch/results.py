@@ -105,9 +105,10 @@ class ResultsWriter:
     false (it is never truncated), and when another batch holds it.
     """
 
-    def __init__(self, path: Path, *, resume: bool) -> None:
+    def __init__(self, path: Path, *, resume: bool, durable: bool = True) -> None:
         self.path = path
         self.resume = resume
+        self.durable = durable  # fsync after each line (a job takes seconds; a crash loses no result)
         self.written: set[str] = set()
         self.finished: set[str] = set()
         self.unusable = 0
@@ -120,13 +121,21 @@ class ResultsWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self) -> None:
+    def check(self) -> bool:
+        """Refuse a results file that may not be written; read the ids it holds. Creates nothing."""
         if self.path.is_dir():
             raise InputError(f"--out {self.path} is a folder; name a file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not self.resume:
             raise InputError(f"{self.path} already holds results and is never overwritten; pass --resume to "
                              "continue that batch (finished ids are skipped), or choose another --out")
+        if exists:
+            self.finished, self.unusable = read_finished(self.path)
+        return exists
+
+    def open(self) -> None:
+        """Check, create if needed, and lock the file for appending."""
+        exists = self.check()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -140,7 +149,7 @@ class ResultsWriter:
                 from None
         self._fd = fd
         if exists:
-            self.finished, self.unusable = read_finished(self.path)
+            self.finished, self.unusable = read_finished(self.path)  # again, now that the file is ours
             if self.unusable:
                 logger.warning("%s: %d unusable line(s) (cut short by a crash?); those jobs run again",
                                self.path, self.unusable)
@@ -159,7 +168,8 @@ class ResultsWriter:
         while view:  # one write for a line under the pipe size; the loop covers a short write
             n = os.write(self._fd, view)
             view = view[n:]
-        os.fsync(self._fd)
+        if self.durable:
+            os.fsync(self._fd)
         self.written.add(result.id)
         return True
 

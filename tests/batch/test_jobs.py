@@ -90,7 +90,7 @@ async def answer(job):
 async def main(path, out):
     summary = validate_jobs(path, RLMConfig())
     done = 0
-    with ResultsWriter(out, resume=False) as writer:
+    with ResultsWriter(out, resume=False, durable=False) as writer:
         async for outcome in FanOut(LocalBackend(64)).run(iter_jobs(path), answer):
             writer.append(outcome.result)
             done += 1
