@@ -76,6 +76,7 @@ def batch(jobs: Path, out: Path, resume: bool, concurrency: int, ray_address: st
                            forward_env=list(forward_env), forward_credentials=not no_forward_credentials,
                            check_only=check_only)
     progress = None if check_only else make_batch_progress(quiet=quiet, as_json=as_json)
+    summary_out = _private_stdout() if ray_address else sys.stdout
     run = BatchRun(options, config, environ=dict(os.environ), progress=progress)
     interrupted = False
     try:
@@ -86,7 +87,7 @@ def batch(jobs: Path, out: Path, resume: bool, concurrency: int, ray_address: st
         if summary is None:
             raise
         summary.stopped = "interrupted"
-    _print_summary(summary, as_json)
+    _print_summary(summary, as_json, summary_out)
     if interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if summary.stopped == "budget":
@@ -94,9 +95,17 @@ def batch(jobs: Path, out: Path, resume: bool, concurrency: int, ray_address: st
     sys.exit(ExitCode.NO_ANSWER if summary.failed else ExitCode.SUCCESS)
 
 
-def _print_summary(summary, as_json: bool) -> None:
+def _private_stdout():
+    """Keep stdout for the summary alone: Ray's driver prints notices (a node died...) on fd 1."""
+    sys.stdout.flush()
+    saved = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return saved
+
+
+def _print_summary(summary, as_json: bool, stdout) -> None:
     if as_json:
-        click.echo(json.dumps(summary.model_dump(mode="json")))
+        click.echo(json.dumps(summary.model_dump(mode="json")), file=stdout)
         return
     if summary.finished == 0 and summary.not_started == 0:
         click.echo(f"{summary.jobs} job(s) in the file, {summary.skipped} already in {summary.out}: nothing to run",
