@@ -19,8 +19,7 @@ import pytest
 from conftest import read_results, write_jobs
 from support import FAKE_UPSTREAM_KEY, run_objects
 
-pytest.importorskip("ray")
-from fsrlm.testing.ray_cluster import LocalRayCluster  # noqa: E402
+from fsrlm.testing.ray_cluster import LocalRayCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(600)]
 _STARTED = re.compile(r"started (\S+) on (\S+)")

@@ -50,7 +50,6 @@ def test_bad_lines_stop_the_batch_before_any_job_starts(tmp_path: Path, scripted
 
 
 def test_an_unreachable_ray_address_is_reported_before_any_job(tmp_path: Path, scripted, batch_env) -> None:
-    pytest.importorskip("ray")
     from fsrlm.testing.ray_cluster import free_port
 
     write_jobs(tmp_path, 2)
