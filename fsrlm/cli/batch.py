@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from fsrlm.cli.exit_codes import ExitCode
+from fsrlm.cli.options import model_options
 from fsrlm.executors.configs import EXECUTOR_TYPES
 
 
@@ -39,11 +40,7 @@ from fsrlm.executors.configs import EXECUTOR_TYPES
 @click.option("-e", "--executor", type=click.Choice(EXECUTOR_TYPES), help="Where each agent runs (default: config).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default ./fsrlm.toml).")
 @click.option("-w", "--workspace", type=click.Path(file_okay=False), help="Parent folder of the run folders (on each node).")
-@click.option("--root-model", help="Model of the root agent.")
-@click.option("--submodel", help="Model for subcalls from scripts.")
-@click.option("--max-turns", type=int)
-@click.option("--max-budget-usd", type=float, help="Dollar cap of each job.")
-@click.option("--timeout", "timeout_seconds", type=float, help="Wall-clock limit of each job in seconds.")
+@model_options
 @click.option("--check", "check_only", is_flag=True, help="Only check the jobs file (and --out); run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
