@@ -63,7 +63,7 @@ class LocalRayCluster:
     """``with LocalRayCluster(workers=[{"fsrlm_sandbox": 2}] * 2) as cluster: cluster.address``."""
 
     def __init__(self, workers: list[dict[str, float]], *, head: dict[str, float] | None = None,
-                 env: dict[str, str] | None = None, object_store_mb: int = 256, num_cpus: int = 1) -> None:
+                 env: dict[str, str] | None = None, object_store_mb: int = 256, num_cpus: int = 2) -> None:
         self.marker = secrets.token_hex(8)
         self.env = dict(env or {})
         self.object_store_mb = object_store_mb
