@@ -86,11 +86,13 @@ def _engine_key() -> str:
 def _has(client, tag: str, digest: str) -> bool:
     import docker.errors
 
+    from fsrlm.executors.docker.image import LABEL_IMAGE_HASH
+
     try:
         image = client.images.get(tag)
     except docker.errors.ImageNotFound:
         return False
-    return (image.labels or {}).get("fsrlm.image-hash") == digest
+    return (image.labels or {}).get(LABEL_IMAGE_HASH) == digest
 
 
 def _load(client, offer: ImageOffer) -> None:
