@@ -143,7 +143,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def merge_settings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, table by table (a new executor type replaces the old table)."""
+    """``top`` laid over ``base`` as ``load_config`` does: tables merge, a new executor ``type`` replaces
+    the executor table, ``None`` values are ignored (per-job overrides of ``fsrlm batch``, ``fsrlm resume``)."""
     merged = dict(base)
     for key, value in top.items():
         if value is None:

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "report": ("report", "Print the report of OOLONG results already written."),
     "synth": ("oolong_synth_gen", "Generate OOLONG-shaped rows offline (marked synthetic)."),
     "scripted-oolong": ("scripted_oolong", "The offline OOLONG demo: generated rows, a scripted model, the real CLI."),
+    "batch": ("batch_ray", "fsrlm batch on 1 vs 3 Ray nodes of this machine, and Ray's per-job overhead."),
     "remote": ("remote", "Remote-docker transfer benchmark (needs a second Docker engine)."),
 }
 

@@ -41,6 +41,7 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
+    from fsrlm.cli.batch import batch, capacity
     from fsrlm.cli.bench import bench
     from fsrlm.cli.gc import gc
     from fsrlm.cli.image import image
@@ -54,6 +55,8 @@ def _register() -> None:
     cli.add_command(image)
     cli.add_command(view)
     cli.add_command(bench)
+    cli.add_command(batch)
+    cli.add_command(capacity)
 
 
 _register()

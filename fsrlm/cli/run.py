@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from fsrlm.cli.options import model_options
 from fsrlm.cli.output import print_result
 from fsrlm.cli.progress import make_progress
 from fsrlm.config import load_config
@@ -23,11 +24,7 @@ from fsrlm.rlm import RLM
 @click.option("-e", "--executor", type=click.Choice(EXECUTOR_TYPES), help="Where the agent runs (default: config).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default ./fsrlm.toml).")
 @click.option("-w", "--workspace", type=click.Path(file_okay=False), help="Parent folder for run folders (kept).")
-@click.option("--root-model", help="Model of the root agent.")
-@click.option("--submodel", help="Model for subcalls from scripts.")
-@click.option("--max-turns", type=int)
-@click.option("--max-budget-usd", type=float)
-@click.option("--timeout", "timeout_seconds", type=float, help="Wall-clock limit of the run in seconds.")
+@model_options
 @click.option("--preserve-workspace/--no-preserve-workspace", default=None, help="Keep the run folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
