@@ -45,6 +45,8 @@ class UpstreamConfig(BaseModel):
     aws_region: str | None = Field(default=None, description="Bedrock region; default AWS_REGION")
     request_timeout_seconds: float = Field(default=600.0, gt=0)
     max_retries: int = Field(default=4, ge=0, le=20)
+    preflight: bool = Field(default=True, description="before a run starts, check that the upstream's address "
+                                                       "accepts a connection (no request is sent)")
 
 
 class RLMConfig(BaseModel):

@@ -9,7 +9,8 @@ once, at the boundary where they happen, with a message that says what to do.
     ├── InputError(FsrlmError, ValueError)         unusable prompt, messages or attachments
     ├── WorkspaceError(FsrlmError, OSError)        the run folder cannot be made or read
     ├── UpstreamError(FsrlmError)                  the model API answered with an error
-    │   └── UpstreamAuthError(UpstreamError)       401/403 from the model API: not retried
+    │   ├── UpstreamAuthError(UpstreamError)       401/403 from the model API: not retried
+    │   └── UpstreamUnreachable(UpstreamError)     the configured model API cannot be reached at all
     ├── LimitExceeded(FsrlmError)                  a run limit refused a call
     └── SandboxError(FsrlmError)                   the executor could not run the agent
         ├── ExecutorUnavailable(SandboxError)      e.g. Docker not installed or daemon down
@@ -54,6 +55,10 @@ class UpstreamAuthError(UpstreamError):
     """The model API rejected the credentials (401/403)."""
 
 
+class UpstreamUnreachable(UpstreamError):
+    """Nothing answers at the configured model API's address (refused, no such host, no route)."""
+
+
 class LimitExceeded(FsrlmError):
     """A run limit (subcalls, scripts, depth, budget, tokens) refused a call."""
 
@@ -76,3 +81,28 @@ class ImageError(SandboxError):
 
 class ArchiveError(SandboxError):
     """An archive from the sandbox is malformed, hostile or over a cap; extraction stopped."""
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost, readable reason of a (requests/urllib3/socket) error, in a few words."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [e]
+    best: str | None = None
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.strerror:
+            best = err.strerror[0].lower() + err.strerror[1:]
+        elif isinstance(err, TimeoutError) or type(err).__name__ in ("ReadTimeout", "ConnectTimeout",
+                                                                    "ReadTimeoutError", "ConnectTimeoutError"):
+            best = best or "timed out"
+        for nxt in (err.__cause__, err.__context__, getattr(err, "reason", None), *getattr(err, "args", ())):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    if best:
+        return best
+    explanation = getattr(e, "explanation", None)
+    text = " ".join(str(explanation or e).split())
+    return text or type(e).__name__

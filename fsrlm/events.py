@@ -34,6 +34,7 @@ EventKind = Literal[
     "script_finished",  # ... and its result came back
     "subcall",  # one broker record (root call, subcall, rlm_query), with running totals
     "artifact",  # a line appended to state/artifacts.jsonl
+    "upstream_retry",  # a model call failed transiently and is retried (`detail`: why; `data`: attempt, wait)
     "result",  # the run ended (the RLMResult summary in `data`)
 ]
 
@@ -117,6 +118,10 @@ class EventLog:
 
     def call_record(self, record: CallRecord, totals: dict[str, Any]) -> None:
         self.emit("subcall", record=record, totals=totals)
+
+    def upstream_retry(self, reason: str, attempt: int, wait_seconds: float) -> None:
+        self.emit("upstream_retry", detail=_clip(reason, 300),
+                  data={"attempt": attempt, "wait_seconds": round(wait_seconds, 2)})
 
     def poll_artifacts(self, max_bytes: int = 1 << 20) -> None:
         """Emit an event for each complete line appended to state/artifacts.jsonl since the last poll."""

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fsrlm.agent import SandboxTransport, cli_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
+from fsrlm.broker.upstreams.preflight import check_reachable
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError, InputError, SandboxError
 from fsrlm.events import EventLog, Subscriber
@@ -119,6 +120,8 @@ def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) ->
 
 async def _preflight(config: RLMConfig):
     check_credentials(config.upstream)
+    if config.upstream.preflight:
+        await check_reachable(config.upstream)  # seconds, not minutes of retries, for a wrong or dead URL
     executor = create_executor(config.executor)
     await executor.check()  # e.g. Docker down: fail before anything is written
     return executor
@@ -219,7 +222,7 @@ async def _execute(
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
         ),
-        depth=depth, shared=shared, nested_runner=nested, on_record=on_record,
+        depth=depth, shared=shared, nested_runner=nested, on_record=on_record, on_retry=events.upstream_retry,
     )
     if resume is not None:
         resume.restore(broker.ledger)
@@ -310,7 +313,8 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
     if broker.fatal_errors:
         stop = "upstream_error"
     for record in broker.records:
-        if record.status == "refused" and record.error and f"{record.script}: {record.error}" not in errors:
+        failed = record.status == "refused" or (record.status == "error" and stop != "completed")
+        if failed and record.error and f"{record.script}: {record.error}" not in errors:
             errors.append(f"{record.script}: {record.error}")
     answer = ws.read("output/answer.md", MAX_ANSWER_BYTES)
     if stop == "completed" and not (answer and answer.strip()):

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from fsrlm.errors import ExecutorUnavailable, FsrlmError, ImageError, SandboxError
+from fsrlm.errors import ExecutorUnavailable, FsrlmError, ImageError, SandboxError, root_cause
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_LOCAL_ENGINE = "start it with `sudo systemctl start docker` (or the repository's scripts/ensure-docker.sh)"
@@ -47,31 +47,6 @@ class EngineRef:
         fix = START_LOCAL_ENGINE if installed else "Docker is not installed: install it (Debian: `apt-get install " \
                                                    "docker.io`) and " + START_LOCAL_ENGINE
         return cls(label=f"the Docker engine at {DEFAULT_SOCKET}", fix=fix)
-
-
-def root_cause(e: BaseException) -> str:
-    """The innermost, readable reason of a (requests/urllib3/socket) error, in a few words."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [e]
-    best: str | None = None
-    while stack:
-        err = stack.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.strerror:
-            best = err.strerror[0].lower() + err.strerror[1:]
-        elif isinstance(err, TimeoutError) or type(err).__name__ in ("ReadTimeout", "ConnectTimeout",
-                                                                    "ReadTimeoutError", "ConnectTimeoutError"):
-            best = best or "timed out"
-        for nxt in (err.__cause__, err.__context__, getattr(err, "reason", None), *getattr(err, "args", ())):
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
-    if best:
-        return best
-    explanation = getattr(e, "explanation", None)
-    text = " ".join(str(explanation or e).split())
-    return text or type(e).__name__
 
 
 def map_docker_error(e: BaseException, what: str, engine: EngineRef) -> FsrlmError:

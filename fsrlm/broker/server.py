@@ -34,9 +34,9 @@ from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
-from fsrlm.broker.upstreams.retry import with_retries
+from fsrlm.broker.upstreams.retry import OnRetry, with_retries
 from fsrlm.config import UpstreamConfig
-from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
+from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError, root_cause
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +80,13 @@ class Broker:
         shared: SharedLedger | None = None,
         nested_runner: NestedRunner | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = RunLedger(limits=settings.limits, depth=depth, shared=shared or SharedLedger())
         self.audit = AuditLog(settings.workspace, on_record)
         self.nested_runner = nested_runner
+        self.on_retry = on_retry
         self.fatal_errors: list[str] = []  # e.g. the upstream rejected our credentials
         self._root_slots = asyncio.Semaphore(ROOT_CONCURRENCY)
         self._runner: web.AppRunner | None = None
@@ -107,7 +109,7 @@ class Broker:
                 upstream=upstream, ledger=self.ledger, audit=self.audit,
                 cache=ResponseCache(s.cache_dir) if s.cache_dir else None,
                 submodel=s.submodel, concurrency=s.subcall_concurrency,
-                max_retries=s.upstream.max_retries, retry_base_wait=s.retry_base_wait,
+                max_retries=s.upstream.max_retries, retry_base_wait=s.retry_base_wait, on_retry=self.on_retry,
             )
             self._upstream = upstream
             app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
@@ -258,10 +260,13 @@ class Broker:
                 lambda: upstream.request("POST", request.path_qs, dict(request.headers), data),
                 max_retries=self.settings.upstream.max_retries,
                 base_wait=self.settings.retry_base_wait,
+                retry_connect=lambda: upstream.answered,
+                on_retry=self.on_retry,
             )
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            self._root_record(model, "error", started, error=repr(e))
-            return error_response(502, "upstream_error", f"model API unreachable after retries: {e!r}")
+            message = f"the model API at {upstream.base_url} is unreachable: {root_cause(e)}"
+            self._root_record(model, "error", started, error=message)
+            return error_response(502, "upstream_error", message)
 
         out = web.StreamResponse(status=response.status)
         for name in _PASS_HEADERS:

@@ -27,8 +27,8 @@ from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
 from fsrlm.broker.limits import RunLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.upstreams import Upstream
-from fsrlm.broker.upstreams.retry import with_retries
-from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError
+from fsrlm.broker.upstreams.retry import OnRetry, with_retries
+from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError, root_cause
 from fsrlm.safe_fs import write_beneath
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class SubcallService:
         concurrency: int,
         max_retries: int,
         retry_base_wait: float,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.upstream = upstream
         self.ledger = ledger
@@ -108,6 +109,7 @@ class SubcallService:
         self._slots = asyncio.Semaphore(concurrency)
         self.max_retries = max_retries
         self.retry_base_wait = retry_base_wait
+        self.on_retry = on_retry
 
     def build_body(self, req: SubcallRequest) -> dict[str, Any]:
         cap = self.ledger.limits.max_tokens_per_subcall
@@ -186,11 +188,13 @@ class SubcallService:
                     attempt,
                     max_retries=self.max_retries,
                     base_wait=self.retry_base_wait,
+                    retry_connect=lambda: self.upstream.answered,
+                    on_retry=self.on_retry,
                 )
             except asyncio.TimeoutError:
                 raise UpstreamError("model API timed out after retries", status=504) from None
             except aiohttp.ClientError as e:
-                raise UpstreamError(f"model API unreachable after retries: {e!r}") from None
+                raise UpstreamError(f"the model API at {self.upstream.base_url} is unreachable: {root_cause(e)}") from None
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:

@@ -33,6 +33,11 @@ class ProgressState:
             return f"script started: {event.detail}"
         if event.kind == "script_finished":
             return f"script finished: {event.detail}" + (" (error)" if event.is_error else "")
+        if event.kind == "upstream_retry":
+            data = event.data or {}
+            self.last = (f"model API: {event.detail}; retrying in {data.get('wait_seconds', 0):.1f} s "
+                         f"(attempt {int(data.get('attempt', 0)) + 1})")
+            return self.last
         if event.kind == "subcall" and event.record is not None:
             r = event.record
             self.tokens += r.input_tokens + r.output_tokens
@@ -98,7 +103,7 @@ class RichProgress:
 
     def __call__(self, event: RLMEvent) -> None:
         message = self.state.update(event)
-        if message and event.kind in ("script_started", "script_finished", "subcall"):
+        if message and event.kind in ("script_started", "script_finished", "subcall", "upstream_retry"):
             self._live.console.print(f"[dim]{message}[/dim]")
         self._live.update(self._render())
 

@@ -34,6 +34,7 @@ class Upstream(abc.ABC):
     def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_seconds: float) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
+        self.answered = False  # some response came back in this run: connection failures may be transient
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=30)
 
     @abc.abstractmethod
@@ -51,6 +52,8 @@ class Upstream(abc.ABC):
         url = self.base_url + path_qs
         signed = self.sign(method, url, forwardable_headers(headers), data)
         # encoded=True: send the path exactly as signed (yarl would turn %3A back into ":").
-        return await self.session.request(
+        response = await self.session.request(
             method, URL(url, encoded=True), data=data, headers=signed, timeout=self.timeout, auto_decompress=True
         )
+        self.answered = True
+        return response

@@ -1,9 +1,13 @@
 """Retries of transient upstream failures, with tenacity.
 
 Retried: 408, 429, 500, 502, 503, 504, 529, connection errors (a body cut short
-included) and timeouts.
+included) and timeouts. A connection that cannot even be opened (refused, no
+such host) is retried only on an upstream that has answered before in this run:
+an address that never answered is a configuration mistake, reported at once.
 ``retry-after`` (seconds) is honoured, capped; otherwise exponential backoff
 with jitter. Everything else (400, 401, 403, 404, 413…) is returned at once.
+``on_retry(reason, attempt, wait)`` hears of each retry before its wait (the
+progress display shows them as they happen).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
     stop_after_attempt,
 )
 from tenacity.wait import wait_random_exponential
@@ -54,12 +57,25 @@ class _Wait:
         return self._backoff(state)
 
 
+OnRetry = Callable[[str, int, float], None]  # (reason, the attempt that failed, seconds before the next)
+
+
+def _retryable(state: RetryCallState, retry_connect: Callable[[], bool]) -> bool:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, aiohttp.ClientConnectorError):  # could not even connect
+        return retry_connect()
+    return isinstance(exc, RetryableStatus | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+                      | asyncio.TimeoutError)
+
+
 async def with_retries(
     attempt: Callable[[], Awaitable[aiohttp.ClientResponse]],
     *,
     max_retries: int,
     base_wait: float = 0.5,
     max_wait: float = 20.0,
+    retry_connect: Callable[[], bool] = lambda: True,
+    on_retry: OnRetry | None = None,
 ) -> aiohttp.ClientResponse:
     """Call ``attempt`` until it returns a non-retryable response; return the last response.
 
@@ -77,15 +93,17 @@ async def with_retries(
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableStatus):
             exc.response.release()
-        logger.info("retrying upstream call (attempt %d): %s", state.attempt_number, exc)
+        reason = str(exc) or type(exc).__name__
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.info("retrying upstream call (attempt %d) in %.1f s: %s", state.attempt_number, wait, reason)
+        if on_retry is not None:
+            on_retry(reason, state.attempt_number, wait)
 
     try:
         async for retry_state in AsyncRetrying(
             stop=stop_after_attempt(max_retries + 1),
             wait=_Wait(base_wait, max_wait),
-            retry=retry_if_exception_type(
-                (RetryableStatus, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
-            ),
+            retry=lambda state: _retryable(state, retry_connect),
             before_sleep=before_sleep,
             reraise=True,
         ):
