@@ -18,7 +18,8 @@ What is ours (the paper publishes the queries, not its gold or scorer code):
   a user is never paired with itself;
 - the F1 scorer: pairs are read from the answer as ``(id, id)`` with any
   spacing, order within a pair and repeats ignored; precision and recall over
-  the sets of pairs; an empty gold scores 1 for an empty answer and 0 otherwise;
+  the sets of pairs; an empty gold scores 1 for an answer with no pair in it
+  ("none") and 0 otherwise (an empty answer is no answer, scored 0, as everywhere);
 - which window the paper's slice uses: the first ``trec_coarse`` window of the
   chosen length in the dataset's order (the paper gives the length, 32K, not
   the window).
@@ -307,7 +308,7 @@ class PairsF1:
 
 
 def pairs_f1(predicted: set[Pair], gold: set[Pair]) -> PairsF1:
-    """F1 over sets of pairs; an empty gold scores 1 only for an empty prediction."""
+    """F1 over sets of pairs; an empty gold scores 1 only for a prediction with no pairs."""
     correct = len(predicted & gold)
     if not gold or not predicted:
         score = 1.0 if not gold and not predicted else 0.0

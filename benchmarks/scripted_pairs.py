@@ -108,7 +108,7 @@ def answer_pairs_question(question, items, labels, names):
         side_a = [user for user in users if meets(user, first)]
         side_b = [user for user in users if meets(user, second)]
         pairs = sorted({(min(a, b), max(a, b)) for a in side_a for b in side_b if a != b})
-    return "\n".join("(" + str(a) + ", " + str(b) + ")" for a, b in pairs)
+    return "\n".join("(" + str(a) + ", " + str(b) + ")" for a, b in pairs) or "No pair of users meets the condition."
 
 
 #: The functions the scripted agent's script carries, in the order they are defined there.
