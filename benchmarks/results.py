@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
 
 from fsrlm.errors import InputError
 
@@ -77,6 +77,7 @@ class RowResult(BaseModel):
     def group(self) -> GroupKey:
         return (self.dataset, self.context_len, self.task_group)
 
+    @computed_field  # written to every record, so a results file flags its cached rows itself
     @property
     def cached_row(self) -> bool:
         """Some of this row's calls came from the response cache, so its cost is understated."""
