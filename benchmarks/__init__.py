@@ -1,5 +1,12 @@
-"""Benchmarks for fsRLM: the OOLONG runner and scorer, and the performance tables.
+"""Benchmarks for fsRLM: OOLONG and OOLONG-Pairs, and the performance tables.
 
 Installed as ``fsrlm.benchmarks`` (the repository folder ``benchmarks/``); nothing in the
-rest of fsRLM imports it. Each module is a command: ``fsrlm bench perf``, ``fsrlm bench oolong``, ...
+rest of fsRLM imports it. Each command module is ``fsrlm bench <name>``:
+
+- ``oolong`` (the RLM over rows; ``--paper`` hands over to ``paper_run``), ``compare``
+  (the root model alone), ``report``, ``pairs`` (``oolong_pairs``), ``synth``
+  (``oolong_synth_gen``), ``scripted-oolong``, ``perf``, ``remote``;
+- the parts they share: ``oolong_data`` (rows), ``oolong_lengths`` (oolong-real token
+  counts), ``oolong_scoring`` (the authors' rules), ``harness`` (the one loop that runs
+  rows), ``results``, ``summary``, ``tables``, ``paper`` (the paper's figures), ``models``.
 """

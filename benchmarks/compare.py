@@ -1,12 +1,25 @@
-"""The baseline: the same OOLONG rows answered by the root model alone, in one call each.
+"""The baseline: the same OOLONG rows answered by the root model alone, one call each, as the authors ask it.
 
-Each row becomes one Messages API call with the whole context window and the
-question, made through fsRLM's own broker (one per row, as for an RLM run), so
-the upstream, credentials, prices, limits and response cache are exactly those
-of ``benchmarks.oolong``. A context longer than the model's window
-(``--context-window-tokens``, estimated at ``--chars-per-token``) is cut at a
-line boundary, keeping its start, and the row is recorded with
-``truncated: true``; the question is always sent whole.
+Each row is one Messages API call laid out as the OOLONG authors' harness lays
+it out (``src/eval/eval_script_batched.py``): a system prompt of two text
+blocks, ``"You are a helpful assistant."`` and the context window (marked for
+prompt caching, so the questions of one window reuse it), and the question as
+the one user message. The answer is scored as returned, exactly as theirs.
+
+Output budget: the authors set no ``max_tokens``, so the model may write up to
+its own limit; here ``max_tokens`` is the model's own output limit
+(:mod:`benchmarks.models`, or ``--max-output-tokens``), lowered only as far as
+the context window requires beside the whole context. Only when that would
+leave less than ``--min-output-tokens`` is the context cut (after its last whole
+line that fits, keeping its start) and the row recorded ``truncated: true``.
+Sizes are estimated at ``--chars-per-token``. Differences from the authors'
+harness, on purpose: no 1M-token context beta header (the window is the
+model's standard one), and an explicit ``max_tokens`` (the Messages API needs
+one); an answer cut at ``max_tokens`` says so in its record's errors.
+
+Calls go through fsRLM's own broker (one per row, as for an RLM run), so the
+upstream, credentials, prices, limits and response cache are exactly those of
+``benchmarks.oolong``.
 
 Usage::
 
@@ -15,7 +28,7 @@ Usage::
 
 With ``--rlm-results`` (the ``--out`` of ``benchmarks.oolong``) the RLM and the
 model alone are printed side by side on the rows both answered: score and cost.
-Rows, resume, concurrency and exit codes work as in ``benchmarks.oolong``.
+Rows, resume, concurrency, scoring and exit codes work as in ``benchmarks.oolong``.
 """
 
 from __future__ import annotations
@@ -30,15 +43,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
-from fsrlm.benchmarks.oolong import (
+
+from fsrlm.benchmarks.harness import (
     HARNESS_GRACE_SECONDS,
     ResultsFile,
-    add_row_arguments,
-    check_arguments,
-    load_selected_rows,
     now_iso,
     row_fields,
     rows_to_run,
@@ -47,33 +58,56 @@ from fsrlm.benchmarks.oolong import (
     score_row,
     selected_records,
 )
+from fsrlm.benchmarks.models import model_limits
+from fsrlm.benchmarks.oolong import add_row_arguments, check_arguments, load_selected_rows, setup_logging
 from fsrlm.benchmarks.oolong_data import OolongRow
-from fsrlm.benchmarks.report import (
-    RowResult,
-    comparison_json,
-    comparison_table,
-    print_tables,
-    read_results,
-    report_json,
-    report_tables,
-)
-
+from fsrlm.benchmarks.report import comparison_json, comparison_table, report_json, report_tables
+from fsrlm.benchmarks.results import RowResult, read_results
+from fsrlm.benchmarks.tables import print_tables
 from fsrlm.broker import Broker, BrokerSettings
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.errors import InputError
 from fsrlm.run import limits_of, new_run_id
 
-__all__ = ["RootModelAlone", "fit_context", "main"]
+__all__ = ["SYSTEM_PROMPT", "Budget", "RootModelAlone", "add_budget_arguments", "fit_context", "main",
+           "run_baseline_rows", "solver_for"]
 
 logger = logging.getLogger(__name__)
 
+#: The first system block of the authors' harness.
+SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_CONTEXT_WINDOW_TOKENS = 200_000
 DEFAULT_CHARS_PER_TOKEN = 4.0
+DEFAULT_MIN_OUTPUT_TOKENS = 4096
 #: Tokens kept free for the message framing around the context and question.
 PROMPT_OVERHEAD_TOKENS = 256
 #: The script name the broker's audit log shows for these calls.
 SCRIPT_NAME = "benchmarks.compare"
+
+
+class Budget:
+    """How many tokens one call may take in and write: the model's window and its own output limit."""
+
+    def __init__(self, *, window_tokens: int, max_output_tokens: int, min_output_tokens: int,
+                 chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> None:
+        self.window_tokens = window_tokens
+        self.max_output_tokens = max_output_tokens
+        self.min_output_tokens = min(min_output_tokens, max_output_tokens)
+        self.chars_per_token = chars_per_token
+
+    def tokens(self, text: str) -> int:
+        return int(len(text) / self.chars_per_token) + 1
+
+    def fit(self, context: str, question: str) -> tuple[str, int, bool]:
+        """The context to send, ``max_tokens`` for the call, and whether the context was cut."""
+        prompt = self.tokens(context) + self.tokens(question) + self.tokens(SYSTEM_PROMPT) + PROMPT_OVERHEAD_TOKENS
+        room = self.window_tokens - prompt
+        if room >= self.min_output_tokens:
+            return context, min(self.max_output_tokens, room), False
+        kept, _ = fit_context(context, question, window_tokens=self.window_tokens,
+                              max_output_tokens=self.min_output_tokens, chars_per_token=self.chars_per_token)
+        return kept, self.min_output_tokens, True
 
 
 def fit_context(
@@ -90,7 +124,7 @@ def fit_context(
     that fits (mid-line only when not even one line fits).
     """
     tokens = window_tokens - max_output_tokens - PROMPT_OVERHEAD_TOKENS
-    budget = int(tokens * chars_per_token) - len(question) - 2
+    budget = int(tokens * chars_per_token) - len(question) - len(SYSTEM_PROMPT) - 2
     if len(context) <= budget:
         return context, False
     if budget <= 0:
@@ -107,19 +141,28 @@ def _stop_reason_for(status: int) -> str:
     return "error"
 
 
+def request_body(model: str, context: str, question: str, max_tokens: int) -> dict[str, Any]:
+    """The authors' layout: the context as a cached system block, the question as the user message."""
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "system": [{"type": "text", "text": SYSTEM_PROMPT},
+                   {"type": "text", "text": context, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": question}],
+    }
+
+
 class RootModelAlone:
     """Answers one row with one call of the root model through a fresh broker."""
 
-    def __init__(self, config: RLMConfig, *, window_tokens: int, chars_per_token: float,
-                 max_output_tokens: int) -> None:
+    def __init__(self, config: RLMConfig, budget: Budget, *, lenient: bool = False) -> None:
         self.config = config
-        self.window_tokens = window_tokens
-        self.chars_per_token = chars_per_token
-        self.max_output_tokens = max_output_tokens
+        self.budget = budget
+        self.lenient = lenient
         self.model = config.effective_root_model
 
-    def settings(self, run_id: str, token: str, workspace: Path) -> BrokerSettings:
-        limits = limits_of(self.config).model_copy(update={"max_tokens_per_subcall": self.max_output_tokens})
+    def settings(self, run_id: str, token: str, workspace: Path, max_tokens: int) -> BrokerSettings:
+        limits = limits_of(self.config).model_copy(update={"max_tokens_per_subcall": max_tokens})
         cache = (self.config.effective_cache_dir / "llm") if self.config.cache_responses else None
         return BrokerSettings(
             run_id=run_id, token=token, workspace=workspace, submodel=self.model, limits=limits,
@@ -128,39 +171,36 @@ class RootModelAlone:
 
     async def __call__(self, row: OolongRow) -> RowResult:
         started = time.monotonic()
-        context, truncated = fit_context(
-            row.context_window_text, row.question, window_tokens=self.window_tokens,
-            max_output_tokens=self.max_output_tokens, chars_per_token=self.chars_per_token,
-        )
-        body = {"messages": [{"role": "user", "content": f"{context}\n\n{row.question}"}],
-                "model": self.model, "max_tokens": self.max_output_tokens}
+        context, max_tokens, truncated = self.budget.fit(row.context_window_text, row.question)
+        body = request_body(self.model, context, row.question, max_tokens)
         run_id, token = "compare-" + new_run_id(), secrets.token_urlsafe(32)
         with tempfile.TemporaryDirectory(prefix="fsrlm-compare-") as workspace:
-            broker = Broker(self.settings(run_id, token, Path(workspace)))
+            broker = Broker(self.settings(run_id, token, Path(workspace), max_tokens))
             endpoint = await broker.start()
             try:
                 status, payload = await self._post(endpoint.unix_socket, token, body)
             finally:
                 await broker.stop()
         wall = round(time.monotonic() - started, 3)
+        common = {**row_fields(row, lenient=self.lenient), "method": "root-only", "wall_seconds": wall,
+                  "truncated": truncated, "max_output_tokens": max_tokens, "model": self.model, "run_id": run_id}
 
         if status != 200:
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
             message = f"the broker answered {status}: {error.get('message') or payload}"
-            return RowResult(**row_fields(row), method="root-only", score=0.0, success=False,
-                             stop_reason=_stop_reason_for(status), errors=[message, *broker.fatal_errors],
-                             wall_seconds=wall, truncated=truncated, model=self.model, run_id=run_id,
-                             finished_at=now_iso())
-        answer = str(payload.get("text", "")).strip()
-        success = bool(answer)
-        score, candidate, problems = score_row(row, answer, success)
+            return RowResult(**common, score=0.0, success=False, stop_reason=_stop_reason_for(status),
+                             errors=[message, *broker.fatal_errors], finished_at=now_iso())
+        answer = str(payload.get("text", ""))
+        success = bool(answer.strip())
+        score, candidate, problems = score_row(row, answer, success, lenient=self.lenient)
+        errors = problems if success else ["the model answered with no text"]
+        if payload.get("stop_reason") == "max_tokens":
+            errors.append(f"the answer was cut at max_tokens ({max_tokens})")
         cost = float(payload.get("cost_usd") or 0.0)
         return RowResult(
-            **row_fields(row), method="root-only", answer=answer or None, candidate=candidate, score=score,
-            success=success, stop_reason="completed" if success else "no_answer",
-            errors=problems if success else ["the model answered with no text"],
-            root_cost_usd=cost, total_cost_usd=cost, wall_seconds=wall, cached=int(bool(payload.get("cached"))),
-            turns=1, truncated=truncated, model=self.model, run_id=run_id, finished_at=now_iso(),
+            **common, answer=answer or None, candidate=candidate, score=score, success=success,
+            stop_reason="completed" if success else "no_answer", errors=errors, root_cost_usd=cost,
+            total_cost_usd=cost, cached=int(bool(payload.get("cached"))), turns=1, finished_at=now_iso(),
         )
 
     @staticmethod
@@ -177,35 +217,68 @@ class RootModelAlone:
         return response.status, payload if isinstance(payload, dict) else {"error": {"message": str(payload)}}
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that size the baseline's calls."""
+    group = parser.add_argument_group("the model alone")
+    group.add_argument("--context-window-tokens", type=int,
+                       help="the root model's window in tokens (default: the model's own, else "
+                            f"{DEFAULT_CONTEXT_WINDOW_TOKENS})")
+    group.add_argument("--max-output-tokens", type=int,
+                       help="the most the model may write (default: the model's own output limit)")
+    group.add_argument("--min-output-tokens", type=int, default=DEFAULT_MIN_OUTPUT_TOKENS,
+                       help="cut the context rather than leave less room than this to answer "
+                            f"(default {DEFAULT_MIN_OUTPUT_TOKENS})")
+    group.add_argument("--chars-per-token", type=float, default=DEFAULT_CHARS_PER_TOKEN,
+                       help="characters per token when estimating sizes (default 4)")
+
+
+def check_budget_arguments(args: argparse.Namespace) -> None:
+    for name in ("context_window_tokens", "max_output_tokens", "min_output_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive")
+    if args.chars_per_token <= 0:
+        raise InputError("--chars-per-token must be positive")
+
+
+def solver_for(config: RLMConfig, args: argparse.Namespace) -> RootModelAlone:
+    """The baseline of ``config``'s root model, sized by the budget options."""
+    model = config.effective_root_model
+    limits = model_limits(model)
+    max_output = args.max_output_tokens or (limits.max_output_tokens if limits else None)
+    if max_output is None:
+        raise InputError(f"the output limit of model {model!r} is not known: pass --max-output-tokens N")
+    window = args.context_window_tokens or (limits.context_window if limits else DEFAULT_CONTEXT_WINDOW_TOKENS)
+    budget = Budget(window_tokens=window, max_output_tokens=max_output, min_output_tokens=args.min_output_tokens,
+                    chars_per_token=args.chars_per_token)
+    return RootModelAlone(config, budget, lenient=args.lenient)
+
+
+def run_baseline_rows(rows: Sequence[OolongRow], solve: RootModelAlone, results: ResultsFile, *,
+                      concurrency: int, log: TextIO = sys.stderr) -> None:
+    """One call of the model alone per row, through :func:`~benchmarks.harness.run_rows`."""
+    config = solve.config
+    check_credentials(config.upstream)
+    print(f"asking {solve.model} alone on {len(rows)} rows (up to {solve.budget.max_output_tokens} output tokens), "
+          f"{concurrency} at a time; results go to {results.path}", file=log)
+    timeout = config.upstream.request_timeout_seconds * (config.upstream.max_retries + 1)
+    asyncio.run(run_rows(rows, solve, concurrency=concurrency, results=results, lenient=solve.lenient,
+                         row_timeout=timeout + HARNESS_GRACE_SECONDS, method="root-only", progress=log))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsrlm bench compare",
         description="Answer OOLONG rows with the root model alone (one call per row, through the broker).",
     )
     add_row_arguments(parser)
+    add_budget_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("oolong-compare.jsonl"),
                         help="results JSONL, one line per finished row (default oolong-compare.jsonl)")
     parser.add_argument("--rlm-results", type=Path,
                         help="results JSONL of benchmarks.oolong: print RLM vs. model alone side by side")
-    parser.add_argument("--context-window-tokens", type=int, default=DEFAULT_CONTEXT_WINDOW_TOKENS,
-                        help="the root model's window in tokens; longer contexts are cut "
-                             f"(default {DEFAULT_CONTEXT_WINDOW_TOKENS})")
-    parser.add_argument("--chars-per-token", type=float, default=DEFAULT_CHARS_PER_TOKEN,
-                        help="characters per token when estimating sizes (default 4)")
-    parser.add_argument("--max-output-tokens", type=int,
-                        help="max_tokens of each call (default: max_tokens_per_subcall of the config)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
     return parser
-
-
-def _check(args: argparse.Namespace) -> None:
-    check_arguments(args)
-    if args.context_window_tokens <= 0 or args.chars_per_token <= 0:
-        raise InputError("--context-window-tokens and --chars-per-token must be positive")
-    if args.max_output_tokens is not None and args.max_output_tokens <= 0:
-        raise InputError("--max-output-tokens must be positive")
-    if args.rlm_results is not None and not args.rlm_results.is_file():
-        raise InputError(f"--rlm-results {args.rlm_results}: no such file")
 
 
 def _print(records: Sequence[RowResult], rlm: Sequence[RowResult] | None, *, as_json: bool, source: str) -> None:
@@ -217,38 +290,32 @@ def _print(records: Sequence[RowResult], rlm: Sequence[RowResult] | None, *, as_
         return
     tables = report_tables(records, title="OOLONG, root model alone (one call per row)")
     if rlm is not None:
-        tables.append(comparison_table(rlm, records))
+        tables.insert(1, comparison_table(rlm, records))
     print_tables(tables)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the baseline; return the exit code (as ``benchmarks.oolong``)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     log = sys.stderr
     results = ResultsFile(args.out)
 
     def body() -> None:
-        _check(args)
+        check_arguments(args)
+        check_budget_arguments(args)
+        if args.rlm_results is not None and not args.rlm_results.is_file():
+            raise InputError(f"--rlm-results {args.rlm_results}: no such file")
         config = load_config(args.fsrlm_config)
-        rows = load_selected_rows(args)
+        solve = solver_for(config, args)
+        rows = load_selected_rows(args, config)
         rlm = read_results(args.rlm_results) if args.rlm_results else None
         todo = rows_to_run(rows, results, args.resume, log)
         if todo:
-            check_credentials(config.upstream)
-            solve = RootModelAlone(
-                config, window_tokens=args.context_window_tokens, chars_per_token=args.chars_per_token,
-                max_output_tokens=args.max_output_tokens or config.max_tokens_per_subcall,
-            )
-            print(f"asking {solve.model} alone on {len(todo)} rows, {args.concurrency} at a time; "
-                  f"results go to {results.path}", file=log)
-            timeout = config.upstream.request_timeout_seconds * (config.upstream.max_retries + 1)
-            asyncio.run(run_rows(todo, solve, concurrency=args.concurrency, results=results,
-                                 row_timeout=timeout + HARNESS_GRACE_SECONDS, method="root-only", progress=log))
+            run_baseline_rows(todo, solve, results, concurrency=args.concurrency, log=log)
         _print(selected_records(results, rows), rlm, as_json=args.json, source=str(results.path))
 
-    return run_guarded("compare", results, body, log)
+    return run_guarded("compare", results.path, body, log)
 
 
 if __name__ == "__main__":

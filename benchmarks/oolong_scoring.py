@@ -1,52 +1,54 @@
-"""Score answers to OOLONG questions with the rules the OOLONG authors published.
+"""Score answers to OOLONG questions exactly as the OOLONG authors' code scores them.
 
-The rules follow ``synth_process_response`` and ``dnd_process_response`` in the
-authors' evaluation helpers (github.com/abertsch72/oolong, ``src/eval``). This is
-our own code, written to give the same score on the same input; the deliberate
-differences are listed at the end and are about whitespace and lenient input.
+The rules are those of ``synth_process_response`` and ``dnd_process_response``
+in the authors' evaluation helpers (github.com/abertsch72/oolong,
+``src/eval/eval_helpers.py``, as of the version whose real-split parser reads
+doubled braces). This is our own code, written from reading theirs, and by
+default it gives the same score on every input. Anything more forgiving is a
+named departure (:data:`LENIENT_DEPARTURES`) applied only with ``lenient=True``
+(``--lenient`` on the command line), and every results record says which rules
+scored it. OOLONG-Pairs rows (``split="pairs"``) are scored by F1 over pairs
+(:mod:`benchmarks.oolong_pairs`).
 
 oolong-synth (``split="synth"``)
     gold
-        The row's ``answer`` is a Python-literal list (``"['location']"``,
-        ``"[47]"``); the gold is its first element. A date gold reads
-        ``"[datetime.date(2023, 1, 5)]"`` and becomes midnight of that day (the
-        authors parse it with ``strptime`` into a ``datetime``). Parsed without
-        ``eval``: :func:`ast.literal_eval` plus a regular expression for dates.
+        With ``datetime`` in the row's ``answer``: ``strptime`` with the format
+        ``[datetime.date(%Y, %m, %d)]`` (midnight of that day). Otherwise the
+        first element of the Python literal (:func:`ast.literal_eval`, never
+        ``eval``): ``"['location']"`` → ``"location"``, ``"[47]"`` → ``47``.
     prediction
-        With no ``:`` in the output: the whole output if it is shorter than 20
-        characters, else its last word. Otherwise: the text after the last ``:``,
-        stripped, with ``*``, ``[`` and ``]`` removed; such a candidate of 20 or
-        more characters that contains ``more common``, ``less common`` or
-        ``same frequency`` becomes that phrase.
+        With no ``:`` in the output: the whole output, as it is, if it is shorter
+        than 20 characters, else its last whitespace-separated word. Otherwise
+        the text after the last ``:``, stripped, then with every ``*``, ``[`` and
+        ``]`` removed; such a candidate of 20 or more characters that contains
+        ``more common``, ``less common`` or ``same frequency`` (tried in that
+        order) becomes that phrase.
     score
-        1 if the candidate equals the gold as strings; else, if the candidate is
-        one of those three phrases, 1 when it occurs in the gold and 0 otherwise;
-        else for ``ANSWER_TYPE.NUMERIC`` ``0.75 ** |gold - candidate|`` (0 when the
-        candidate is not an integer); else for ``ANSWER_TYPE.DATE`` 1 when
-        ``dateutil`` parses the candidate to the gold date (midnight); else 0.
+        1 if ``str(candidate) == str(gold)``; else, if the candidate is one of
+        the three phrases, 1 when it occurs in ``str(gold)`` and 0 otherwise;
+        else, when ``answer_type`` is exactly ``ANSWER_TYPE.NUMERIC``,
+        ``0.75 ** |int(gold) - int(candidate)|`` (0 when either is no integer);
+        else, when it is exactly ``ANSWER_TYPE.DATE``, 1 when ``dateutil``
+        parses the candidate to the gold datetime; else 0.
 
 oolong-real, D&D (``split="real"``, also ``"dnd"`` / ``"toy_dnd"``)
-    The prediction is the content of the first ``\\boxed{\\text{...}}`` or, failing
-    that, the first ``\\boxed{...}``; without one, the whole output. Gold and
-    prediction are each parsed as an int, else (when they contain a comma) as a
-    comma-separated list of stripped, non-empty items, else kept as a string.
-    Two ints score ``0.75 ** |diff|``; two strings 1 when equal ignoring case and
-    surrounding whitespace; two lists ``|set(gold) & set(pred)| / |gold|``
-    (items compared exactly); any other pairing 0.
+    prediction
+        The content of the first ``\\boxed{\\text{...}}``, else of the first
+        ``\\boxed{...}`` (any number of braces, so ``\\boxed{{7}}`` reads ``7``),
+        parsed; with no box, the whole output as raw text, not parsed.
+    parsing
+        An int if ``int()`` accepts it; else, with a comma, the list of stripped,
+        non-empty comma-separated items; else the text.
+    score
+        Two ints: ``0.75 ** |diff|``; two strings: 1 when equal ignoring case and
+        surrounding whitespace; two lists: ``|set(gold) & set(pred)| / |gold|``
+        (items compared exactly); any other pairing (an unboxed ``7`` is a string
+        against an int gold): 0.
 
-Whitespace. The only departures from the authors' code; each can raise a
-score the authors' code would give, never lower one (the 20-character
-boundary and the phrase rewrite see exactly the text the authors' code sees):
-
-- a short synth output taken whole (no ``:``) is stripped, so a trailing newline
-  (every ``answer.md`` ends with one) does not turn ``"location\\n"`` into a miss;
-- the synth candidate after a ``:`` is stripped again once ``*`` and brackets
-  are removed, so ``"Answer: ** location **"`` yields ``"location"``;
-- an output of 20+ characters that is all whitespace yields ``""`` (the authors'
-  code raises ``IndexError``);
-- the gold string and ``answer_type`` are stripped; ``answer_type`` may be given
-  with or without its ``ANSWER_TYPE.`` prefix; a gold that is not a list literal
-  (hand-written files) is used as it is instead of failing.
+Where the authors' code raises instead of scoring (a gold it cannot parse; an
+output of 20+ characters with no ``:`` that is all whitespace), we do not
+crash the benchmark: a bad gold raises :class:`ValueError`, which the runner
+records as a row scored 0 with the reason, and the empty output scores 0.
 """
 
 from __future__ import annotations
@@ -55,12 +57,16 @@ import ast
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dateutil.parser
 
 __all__ = [
     "COMPARISON_PHRASES",
+    "LENIENT_DEPARTURES",
+    "SCORING_AUTHORS",
+    "SCORING_LENIENT",
+    "Departure",
     "ScoredAnswer",
     "extract_real_candidate",
     "extract_synth_candidate",
@@ -68,25 +74,74 @@ __all__ = [
     "parse_synth_gold",
     "score_answer",
     "score_answer_detail",
+    "scoring_name",
 ]
+
+#: The name a results record gives the default rules, and the forgiving ones.
+SCORING_AUTHORS = "authors"
+SCORING_LENIENT = "lenient"
+Scoring = Literal["authors", "lenient"]
 
 #: Phrases a long comparison answer is reduced to, in the order they are tried.
 COMPARISON_PHRASES: tuple[str, ...] = ("more common", "less common", "same frequency")
 
-#: A synth candidate this long or longer is checked for a comparison phrase.
+#: A synth candidate this long or longer is checked for a comparison phrase; a
+#: colon-less output this long or longer is reduced to its last word.
 _LONG_CANDIDATE = 20
 
 #: Partial credit per unit of error for numeric answers.
 _NUMERIC_BASE = 0.75
 
-_DATE_GOLD = re.compile(
+_NUMERIC = "ANSWER_TYPE.NUMERIC"
+_DATE = "ANSWER_TYPE.DATE"
+_DATE_GOLD_FORMAT = "[datetime.date(%Y, %m, %d)]"
+_LENIENT_DATE_GOLD = re.compile(
     r"^\[\s*datetime\.date\(\s*(\d{1,4})\s*,\s*(\d{1,2})\s*,\s*(\d{1,2})\s*\)\s*,?\s*\]$"
 )
 _BOXED_TEXT = re.compile(r"\\boxed\{\\text\{([^}]*)\}\}")
-_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+_BOXED = re.compile(r"\\boxed\{+([^}]*)\}+")
 
 _SYNTH_SPLITS = frozenset({"synth"})
 _REAL_SPLITS = frozenset({"real", "dnd", "toy_dnd"})
+_PAIRS_SPLITS = frozenset({"pairs"})
+
+
+@dataclass(frozen=True)
+class Departure:
+    """One way ``--lenient`` scores differently from the authors' code."""
+
+    name: str
+    split: str
+    rule: str
+
+
+#: Every departure from the authors' rules; all of them apply with ``lenient=True``,
+#: none without. Each can only raise a score the authors' code gives, but one:
+#: for a gold written as a quoted string (``"'location'"``) the authors compare
+#: with its first character, ``plain-gold`` with the whole string.
+LENIENT_DEPARTURES: tuple[Departure, ...] = (
+    Departure("strip-short-output", "synth",
+              "an output with no ':' shorter than 20 characters is compared stripped "
+              "(the authors compare it as given: 'location\\n' scores 0 there)"),
+    Departure("strip-after-removal", "synth",
+              "the candidate after the last ':' is stripped again once '*', '[' and ']' are removed "
+              "(the authors: 'Answer: ** location **' leaves ' location ' and scores 0)"),
+    Departure("answer-type-spelling", "synth",
+              "answer_type may lack its 'ANSWER_TYPE.' prefix or carry surrounding whitespace "
+              "(the authors match the exact string, so 'NUMERIC' gets no partial credit)"),
+    Departure("plain-gold", "synth",
+              "a gold that is not a list literal ('location', '47') is used as it is; a date gold "
+              "may have any spacing (the authors fail on it, or take the first character of a "
+              "quoted string)"),
+    Departure("parse-unboxed-real", "real",
+              "an answer with no \\boxed{} is stripped and parsed as an int or a list "
+              "(the authors compare the raw text as a string: an unboxed 7 for gold 7 scores 0)"),
+)
+
+
+def scoring_name(lenient: bool) -> Scoring:
+    """What a results record calls the rules that scored it."""
+    return SCORING_LENIENT if lenient else SCORING_AUTHORS
 
 
 @dataclass(frozen=True)
@@ -94,7 +149,8 @@ class ScoredAnswer:
     """One scored answer: the score and what the scorer compared.
 
     ``candidate`` and ``gold`` are the parsed values (a string, int, list or
-    ``datetime``), kept so a results file can show why a row scored what it did.
+    ``datetime``; for OOLONG-Pairs a summary), kept so a results file can show
+    why a row scored what it did.
     """
 
     score: float
@@ -105,24 +161,41 @@ class ScoredAnswer:
 # --------------------------------------------------------------------------- synth
 
 
-def parse_synth_gold(answer: str) -> Any:
+def parse_synth_gold(answer: str, *, lenient: bool = False) -> Any:
     """Return the gold value of an oolong-synth ``answer`` field.
 
     ``"['location']"`` → ``"location"``, ``"[47]"`` → ``47``,
     ``"[datetime.date(2023, 1, 5)]"`` → ``datetime.datetime(2023, 1, 5, 0, 0)``.
 
-    A bare literal that is not a list (``"47"``) is returned as parsed, and text
-    that is not a Python literal at all (``"location"``) is returned stripped, so
-    hand-written files need not quote their answers.
+    With ``lenient``, text that is not a list literal is used as it is
+    (``"47"`` → ``47``, ``"location"`` → ``"location"``).
 
     Raises:
-        ValueError: the answer mentions ``datetime`` but is not a
-            ``[datetime.date(Y, M, D)]`` list, names an impossible date, or is an
-            empty list.
+        ValueError: the authors' code would fail on this gold too (not a
+            literal, not indexable, an empty list, a malformed date); with
+            ``lenient``, only a malformed or impossible date or an empty list.
     """
+    if lenient:
+        return _lenient_synth_gold(answer)
+    if "datetime" in answer:
+        try:
+            return dt.datetime.strptime(answer, _DATE_GOLD_FORMAT)
+        except ValueError as exc:
+            raise ValueError(f"date gold is not of the form [datetime.date(Y, M, D)]: {answer!r}") from exc
+    try:
+        value = ast.literal_eval(answer)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"gold answer is not a Python literal: {answer!r} (--lenient accepts plain text)") from exc
+    try:
+        return value[0]
+    except (TypeError, IndexError, KeyError) as exc:
+        raise ValueError(f"gold answer is not a non-empty list: {answer!r} (--lenient accepts plain text)") from exc
+
+
+def _lenient_synth_gold(answer: str) -> Any:
     text = answer.strip()
     if "datetime" in text:
-        match = _DATE_GOLD.match(text)
+        match = _LENIENT_DATE_GOLD.match(text)
         if match is None:
             raise ValueError(f"date gold is not of the form [datetime.date(Y, M, D)]: {answer!r}")
         year, month, day = (int(part) for part in match.groups())
@@ -138,7 +211,7 @@ def parse_synth_gold(answer: str) -> Any:
     return value
 
 
-def extract_synth_candidate(output: str) -> str:
+def extract_synth_candidate(output: str, *, lenient: bool = False) -> str:
     """Return the part of a model's output that is compared with a synth gold.
 
     >>> extract_synth_candidate("Answer: **location**")
@@ -148,34 +221,42 @@ def extract_synth_candidate(output: str) -> str:
     """
     if ":" not in output:
         if len(output) < _LONG_CANDIDATE:
-            return output.strip()
+            return output.strip() if lenient else output
         words = output.split()
-        return words[-1] if words else ""
+        return words[-1] if words else ""  # the authors' code raises IndexError here
     candidate = output.split(":")[-1].strip()
     candidate = candidate.replace("*", "").replace("[", "").replace("]", "")
     if len(candidate) >= _LONG_CANDIDATE:
         for phrase in COMPARISON_PHRASES:
             if phrase in candidate:
                 return phrase
-    return candidate.strip()
+    return candidate.strip() if lenient else candidate
 
 
-def _score_synth(output: str, gold_answer: str, answer_type: str) -> ScoredAnswer:
-    gold = parse_synth_gold(gold_answer)
-    candidate = extract_synth_candidate(output)
-    gold_text = str(gold)
-    if candidate == gold_text:
+def _answer_kind(answer_type: str, lenient: bool) -> str:
+    if not lenient:
+        return answer_type
+    kind = answer_type.strip()
+    if kind and not kind.startswith("ANSWER_TYPE."):
+        kind = f"ANSWER_TYPE.{kind}"
+    return kind
+
+
+def _score_synth(output: str, gold_answer: str, answer_type: str, lenient: bool) -> ScoredAnswer:
+    gold = parse_synth_gold(gold_answer, lenient=lenient)
+    candidate = extract_synth_candidate(output, lenient=lenient)
+    if candidate == str(gold):
         return ScoredAnswer(1.0, candidate, gold)
     if candidate in COMPARISON_PHRASES:
-        return ScoredAnswer(1.0 if candidate in gold_text else 0.0, candidate, gold)
-    kind = _normalise_answer_type(answer_type)
-    if kind == "ANSWER_TYPE.NUMERIC":
+        return ScoredAnswer(1.0 if candidate in str(gold) else 0.0, candidate, gold)
+    kind = _answer_kind(answer_type, lenient)
+    if kind == _NUMERIC:
         try:
             predicted, expected = int(candidate), int(gold)
         except (ValueError, TypeError):
             return ScoredAnswer(0.0, candidate, gold)
         return ScoredAnswer(_NUMERIC_BASE ** abs(expected - predicted), predicted, gold)
-    if kind == "ANSWER_TYPE.DATE":
+    if kind == _DATE:
         try:
             predicted_date = dateutil.parser.parse(candidate)
         except (ValueError, OverflowError, TypeError):
@@ -184,18 +265,11 @@ def _score_synth(output: str, gold_answer: str, answer_type: str) -> ScoredAnswe
     return ScoredAnswer(0.0, candidate, gold)
 
 
-def _normalise_answer_type(answer_type: str) -> str:
-    kind = answer_type.strip()
-    if kind and not kind.startswith("ANSWER_TYPE."):
-        kind = f"ANSWER_TYPE.{kind}"
-    return kind
-
-
 # ---------------------------------------------------------------------------- real
 
 
 def parse_real_answer(text: str) -> int | list[str] | str:
-    """Parse an oolong-real answer (gold or prediction) as an int, a list or a string.
+    """Parse an oolong-real answer (gold or boxed prediction) as an int, a list or a string.
 
     ``"7"`` → ``7``; ``"Fireball, Magic Missile"`` → ``["Fireball", "Magic Missile"]``;
     anything else is returned unchanged.
@@ -209,22 +283,21 @@ def parse_real_answer(text: str) -> int | list[str] | str:
     return text
 
 
-def extract_real_candidate(output: str) -> int | list[str] | str:
-    """Return the parsed prediction in a model's answer to an oolong-real question.
+def extract_real_candidate(output: str, *, lenient: bool = False) -> int | list[str] | str:
+    """Return the prediction in a model's answer to an oolong-real question.
 
-    The content of the first ``\\boxed{\\text{...}}``, else the first ``\\boxed{...}``,
-    else the whole (stripped) output, parsed by :func:`parse_real_answer`.
+    The parsed content of the first ``\\boxed{\\text{...}}``, else of the first
+    ``\\boxed{...}``; with no box the raw output (``lenient``: stripped and parsed).
     """
-    text = output.strip()
-    match = _BOXED_TEXT.search(text) or _BOXED.search(text)
+    match = _BOXED_TEXT.search(output) or _BOXED.search(output)
     if match is not None:
-        text = match.group(1)
-    return parse_real_answer(text)
+        return parse_real_answer(match.group(1))
+    return parse_real_answer(output.strip()) if lenient else output
 
 
-def _score_real(output: str, gold_answer: str) -> ScoredAnswer:
-    gold = parse_real_answer(gold_answer.strip())
-    candidate = extract_real_candidate(output)
+def _score_real(output: str, gold_answer: str, lenient: bool) -> ScoredAnswer:
+    gold = parse_real_answer(gold_answer)
+    candidate = extract_real_candidate(output, lenient=lenient)
     score = 0.0
     if isinstance(gold, int) and isinstance(candidate, int):
         score = _NUMERIC_BASE ** abs(gold - candidate)
@@ -239,35 +312,42 @@ def _score_real(output: str, gold_answer: str) -> ScoredAnswer:
 
 
 def score_answer_detail(
-    output: str, gold: str, answer_type: str, split: str = "synth"
+    output: str, gold: str, answer_type: str, split: str = "synth", *, lenient: bool = False
 ) -> ScoredAnswer:
     """Score one answer and return the score with the parsed candidate and gold.
 
     Args:
-        output: the model's whole answer.
+        output: the model's whole answer, as it returned it.
         gold: the row's ``answer`` field.
         answer_type: the row's ``answer_type`` (``"ANSWER_TYPE.NUMERIC"``, …);
             only oolong-synth uses it.
         split: ``"synth"`` for oolong-synth, ``"real"`` (or ``"dnd"``) for
-            oolong-real.
+            oolong-real, ``"pairs"`` for OOLONG-Pairs.
+        lenient: apply :data:`LENIENT_DEPARTURES` (default: the authors' rules).
 
     Raises:
-        ValueError: ``split`` is not one of the names above, or a synth gold
-            cannot be parsed (see :func:`parse_synth_gold`).
+        ValueError: ``split`` is not one of the names above, or the gold cannot
+            be parsed (see :func:`parse_synth_gold`).
     """
     kind = split.strip().lower()
     if kind in _SYNTH_SPLITS:
-        return _score_synth(output, gold, answer_type)
+        return _score_synth(output, gold, answer_type, lenient)
     if kind in _REAL_SPLITS:
-        return _score_real(output, gold)
-    valid = ", ".join(sorted(_SYNTH_SPLITS | _REAL_SPLITS))
+        return _score_real(output, gold, lenient)
+    if kind in _PAIRS_SPLITS:
+        from fsrlm.benchmarks.oolong_pairs import score_pairs
+
+        return score_pairs(output, gold)
+    valid = ", ".join(sorted(_SYNTH_SPLITS | _REAL_SPLITS | _PAIRS_SPLITS))
     raise ValueError(f"unknown OOLONG split {split!r}; expected one of: {valid}")
 
 
-def score_answer(output: str, gold: str, answer_type: str, split: str = "synth") -> float:
-    """Score one answer between 0 and 1 with the OOLONG authors' rules.
+def score_answer(
+    output: str, gold: str, answer_type: str, split: str = "synth", *, lenient: bool = False
+) -> float:
+    """Score one answer between 0 and 1 with the OOLONG authors' rules (or ``lenient`` ones).
 
     See the module docstring for the rules and :func:`score_answer_detail` for
     the arguments and errors.
     """
-    return score_answer_detail(output, gold, answer_type, split).score
+    return score_answer_detail(output, gold, answer_type, split, lenient=lenient).score

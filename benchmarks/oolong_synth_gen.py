@@ -3,7 +3,10 @@
 The rows have the fields of ``oolongbench/oolong-synth`` and load through
 :func:`benchmarks.oolong_data.load_rows`; the questions and the gold answers use
 the OOLONG authors' templates and formats, so :func:`score_answer` scores them
-exactly like the real thing.
+exactly like the real thing. They are marked as what they are: every row says
+``synthetic: true`` and its dataset is ``synthetic-<name>``
+(``synthetic-trec_coarse``), so no report ever sets them beside a published
+figure.
 
 Context window
     A short preamble (how many items, the label names, that the labels are not
@@ -61,6 +64,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fsrlm.benchmarks.oolong_data import SYNTHETIC_PREFIX
 
 __all__ = [
     "DATASETS",
@@ -456,7 +461,8 @@ def generate_rows(
                 {
                     "id": window_id * 1000 + number,
                     "context_len": context_len_tokens,
-                    "dataset": dataset,
+                    "dataset": SYNTHETIC_PREFIX + dataset,
+                    "synthetic": True,
                     "context_window_text": text,
                     "context_window_text_with_labels": text_with_labels,
                     "question": task.question,

@@ -13,9 +13,11 @@ lines of each chunk, counts in Python and writes the answer to the question in
 ``User: 48213``, ``Date: 03/07/2023``). The sub-model labels a line with
 :func:`benchmarks.oolong_synth_gen.recover_label`.
 
-Asked a whole context window and a question in one message (``benchmarks.compare``,
-the root model alone), the responder answers the question from what it was shown,
-so a truncated context gives the answers a truncated context deserves.
+Asked a whole context window and a question (``benchmarks.compare``, the root
+model alone: the window in the system prompt, the question as the message), the
+responder answers the question from what it was shown, so a truncated context
+gives the answers a truncated context deserves. OOLONG-Pairs questions are
+answered by :mod:`benchmarks.scripted_pairs`, both by the agent and alone.
 
 The solving functions below (``parse_items`` … ``answer_question``) run both here
 and, copied verbatim, inside the agent's script: keep them standard-library only.
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from fsrlm.benchmarks.oolong_synth_gen import DATASETS, generate_rows, recover_label
+from fsrlm.benchmarks.scripted_pairs import PAIRS_SOLVERS, answer_pairs_question, is_pairs_question
 
 from fsrlm.testing.plans import Plan, default_responder, last_user_text, script_plan
 
@@ -54,6 +57,7 @@ __all__ = [
     "oolong_script",
     "parse_items",
     "parse_labelling_reply",
+    "solve_question",
 ]
 
 #: The first words of every labelling subcall; the responder recognises them.
@@ -143,7 +147,14 @@ def answer_question(question, items, labels, names):
     return "Answer: unknown"
 
 
-_SOLVERS = (parse_items, label_names, labelling_prompt, parse_labelling_reply, answer_question)
+_SOLVERS = (parse_items, label_names, labelling_prompt, parse_labelling_reply, answer_question, *PAIRS_SOLVERS)
+
+
+def solve_question(question, items, labels, names):
+    """The answer to an OOLONG or an OOLONG-Pairs question from labelled items."""
+    if is_pairs_question(question):
+        return answer_pairs_question(question, items, labels, names)
+    return answer_question(question, items, labels, names)
 
 # ---------------------------------------------------------------- the root agent
 
@@ -186,9 +197,9 @@ def main():
         labels.extend(chunk_labels)
         append_artifact({"chunk": chunk.index, "start": chunk.start, "end": chunk.end, "lines": len(found),
                          "counts": dict(Counter(label for label in chunk_labels if label))})
-    answer = answer_question(question, items, labels, names)
+    answer = solve_question(question, items, labels, names)
     write_answer(answer + "\\n")
-    print(f"{len(items)} lines in {len(chunks)} chunks; {answer}")
+    print(f"{len(items)} lines in {len(chunks)} chunks; {answer[:200]}")
 
 
 main()
@@ -201,7 +212,7 @@ def oolong_script(lines_per_chunk: int = 40, max_chunks: int = 50) -> str:
     Chunks hold ``lines_per_chunk`` lines, or more when that would make more
     than ``max_chunks`` subcalls (keep it under ``max_subcalls_per_script``).
     """
-    solvers = "\n\n".join(inspect.getsource(function) for function in _SOLVERS)
+    solvers = "\n\n".join(inspect.getsource(function) for function in (*_SOLVERS, solve_question))
     head = _SCRIPT_HEAD.format(lines_per_chunk=lines_per_chunk, max_chunks=max_chunks)
     return f"{head}\n\n{solvers}{_SCRIPT_MAIN}"
 
@@ -246,16 +257,30 @@ def _answer_labelling(text: str) -> str:
     return "\n".join(lines)
 
 
-def _answer_whole_context(text: str) -> str | None:
-    items = parse_items(text)
-    if not items:
-        return None
-    lines = text.splitlines()
-    last_item_line = max(i for i, line in enumerate(lines) if parse_items(line))
-    question = "\n".join(lines[last_item_line + 1:])
-    names = label_names(text)
+def _system_text(body: dict) -> str:
+    system = body.get("system")
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return "\n".join(block.get("text", "") for block in system if isinstance(block, dict))
+    return ""
+
+
+def _answer_whole_context(body: dict) -> str | None:
+    """The model alone: the window in the system prompt (the authors' layout), the question as the message."""
+    context, question = _system_text(body), last_user_text(body)
+    items = parse_items(context)
+    if not items:  # the window and the question in one message
+        text = question
+        items = parse_items(text)
+        if not items:
+            return None
+        lines = text.splitlines()
+        last_item_line = max(i for i, line in enumerate(lines) if parse_items(line))
+        context, question = text, "\n".join(lines[last_item_line + 1:])
+    names = label_names(context)
     labels = [_label(instance, names) for _, _, instance in items]
-    return answer_question(question, items, labels, names)
+    return solve_question(question, items, labels, names)
 
 
 def oolong_responder(body: dict) -> str | dict[str, Any]:
@@ -267,11 +292,22 @@ def oolong_responder(body: dict) -> str | dict[str, Any]:
     text = last_user_text(body)
     if text.startswith(LABELLING_PROMPT_HEAD):
         return _answer_labelling(text)
-    answer = _answer_whole_context(text)
+    answer = _answer_whole_context(body)
     return answer if answer is not None else default_responder(body)
 
 
 # ------------------------------------------------------------------------- demo
+
+
+def _rows_for(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from fsrlm.benchmarks.oolong_pairs import pairs_rows
+
+    if args.paper:
+        oolong = generate_rows(args.rows, 131072, args.seed, questions_per_window=25)
+        return oolong + generate_rows(1, 32768, args.seed)
+    if args.pairs:
+        return pairs_rows(generate_rows(1, args.context_len, args.seed)[0])[: args.rows]
+    return generate_rows(args.rows, args.context_len, args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,20 +317,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fsrlm.testing.scripted_model import ScriptedModelServer
 
     parser = argparse.ArgumentParser(prog="fsrlm bench scripted-oolong", description=main.__doc__)
-    parser.add_argument("--rows", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=10, help="rows (with --paper: rows of each slice)")
     parser.add_argument("--context-len", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--executor", default="local", choices=["local", "docker", "remote-docker"])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--pairs", action="store_true", help="OOLONG-Pairs rows over one generated window")
+    mode.add_argument("--paper", action="store_true",
+                      help="the paper-slice command (fsrlm bench oolong --paper) over generated rows")
     args = parser.parse_args(argv)
 
     try:
-        rows = generate_rows(args.rows, args.context_len, args.seed)
+        rows = _rows_for(args)
     except ValueError as exc:
         print(f"scripted_oolong: cannot generate rows: {exc}", file=sys.stderr)
         return 2
-    print("OOLONG demo — the model is SCRIPTED (no key, no network); the CLI, broker, sandbox,\n"
-          "cache, scorer and report are real. Scores say the pipeline works, not how good a model is.\n")
+    print("OOLONG demo — the model is SCRIPTED (no key, no network) and the rows are SYNTHETIC; the CLI,\n"
+          "broker, sandbox, cache, scorer and report are real. Scores say the pipeline works, not how good a "
+          "model is.\n")
     with tempfile.TemporaryDirectory(prefix="fsrlm-oolong-demo-") as tmp, \
             ScriptedModelServer(oolong_plan(), oolong_responder) as model:
         folder = Path(tmp)
@@ -307,10 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'base_url = "{model.url}"\n',
             encoding="utf-8",
         )
-        return oolong.main([
-            "--data", str(data), "--fsrlm-config", str(config), "--executor", args.executor,
-            "--concurrency", str(args.concurrency), "--out", str(folder / "results.jsonl"),
-        ])
+        common = ["--data", str(data), "--fsrlm-config", str(config), "--executor", args.executor,
+                  "--concurrency", str(args.concurrency)]
+        if args.paper:
+            return oolong.main(["--paper", *common, "--limit", str(args.rows), "--max-output-tokens", "8192",
+                                "--out-dir", str(folder / "paper")])
+        return oolong.main([*common, "--out", str(folder / "results.jsonl")])
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import click
 # command -> (module under fsrlm.benchmarks, one line of help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "perf": ("perf", "Performance tables: per-run overhead, broker overhead, the reference jobs."),
-    "oolong": ("oolong", "Run fsRLM over OOLONG rows and score the answers."),
+    "oolong": ("oolong", "Run fsRLM over OOLONG rows and score them as the OOLONG authors do (--paper: the "
+                         "RLM paper's slice, RLM and baseline side by side)."),
     "compare": ("compare", "The baseline: the root model alone over the same OOLONG rows."),
     "report": ("report", "Print the report of OOLONG results already written."),
     "synth": ("oolong_synth_gen", "Generate OOLONG-shaped rows offline (marked synthetic)."),
+    "pairs": ("oolong_pairs", "Make the 20 OOLONG-Pairs rows over one labelled window (or a generated one)."),
     "scripted-oolong": ("scripted_oolong", "The offline OOLONG demo: generated rows, a scripted model, the real CLI."),
     "batch": ("batch_ray", "fsrlm batch on 1 vs 3 Ray nodes of this machine, and Ray's per-job overhead."),
     "remote": ("remote", "Remote-docker transfer benchmark (needs a second Docker engine)."),

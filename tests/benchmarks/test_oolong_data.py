@@ -15,9 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsrlm.benchmarks.oolong_data import (
+    LengthFilter,
     OolongDataError,
     OolongRow,
     load_rows,
+    load_windows,
     row_from_record,
 )
 from fsrlm.benchmarks.oolong_scoring import parse_synth_gold, score_answer
@@ -57,7 +59,7 @@ def test_load_jsonl(tmp_path: Path, mixed_rows: list[dict[str, Any]]) -> None:
     first = rows[0]
     assert isinstance(first, OolongRow)
     assert first.split == "synth"
-    assert first.dataset == "trec_coarse"
+    assert first.dataset == "synthetic-trec_coarse" and first.synthetic
     assert first.context_len == 1024
     assert first.answer == mixed_rows[0]["answer"]
     assert first.context_window_text == mixed_rows[0]["context_window_text"]
@@ -74,24 +76,59 @@ def test_load_parquet(tmp_path: Path, mixed_rows: list[dict[str, Any]]) -> None:
 
 def test_filters(tmp_path: Path, mixed_rows: list[dict[str, Any]]) -> None:
     path = _write_jsonl(tmp_path / "rows.jsonl", mixed_rows)
-    assert {r.dataset for r in load_rows(data=path, datasets_filter=["spam"])} == {"spam"}
-    assert len(load_rows(data=path, datasets_filter=["spam"])) == 3
-    assert len(load_rows(data=path, datasets_filter=["spam", "trec_coarse"])) == 13
+    spam, trec = "synthetic-spam", "synthetic-trec_coarse"
+    assert {r.dataset for r in load_rows(data=path, datasets_filter=[spam])} == {spam}
+    assert len(load_rows(data=path, datasets_filter=[spam])) == 3
+    assert len(load_rows(data=path, datasets_filter=[spam, trec])) == 13
     by_len = load_rows(data=path, context_len=2048)
     assert len(by_len) == 4 and {r.context_len for r in by_len} == {2048}
     users = load_rows(data=path, task_group="user")
     assert users and {r.task_group for r in users} == {"user"}
     combined = load_rows(
-        data=path, datasets_filter=["trec_coarse"], context_len=1024, task_group="counting"
+        data=path, datasets_filter=[trec], context_len=1024, task_group="counting"
     )
     expected = [
         r["id"] for r in mixed_rows
-        if r["dataset"] == "trec_coarse" and r["context_len"] == 1024 and r["task_group"] == "counting"
+        if r["dataset"] == trec and r["context_len"] == 1024 and r["task_group"] == "counting"
     ]
     assert [r.id for r in combined] == expected
     assert [r.id for r in load_rows(data=path, limit=2)] == [r["id"] for r in mixed_rows[:2]]
     assert load_rows(data=path, limit=0) == []
     assert load_rows(data=path, context_len=999) == []
+
+
+def test_length_range_is_the_authors_min_exclusive_max_inclusive(tmp_path: Path, mixed_rows) -> None:
+    path = _write_jsonl(tmp_path / "rows.jsonl", mixed_rows)
+    assert {r.context_len for r in load_rows(data=path, min_context_len=1024)} == {2048}
+    assert {r.context_len for r in load_rows(data=path, max_context_len=1024)} == {1024}
+    assert len(load_rows(data=path, min_context_len=1023, max_context_len=2048)) == 13
+    assert load_rows(data=path, min_context_len=2048) == []
+    assert len(load_rows(data=path, context_len=1024, max_context_len=4096)) == 9
+    assert LengthFilter(None, 1024, 131072).keeps(131072) and not LengthFilter(None, 1024, 131072).keeps(1024)
+
+
+def test_synthetic_mark_survives_a_file_that_drops_it(tmp_path: Path) -> None:
+    row = generate_rows(1, 1024, seed=3)[0]
+    del row["synthetic"]
+    (loaded,) = load_rows(data=_write_jsonl(tmp_path / "rows.jsonl", [row]))
+    assert loaded.synthetic and loaded.dataset == "synthetic-trec_coarse"
+    real_name = dict(row, dataset="trec_coarse", synthetic="true")
+    (marked,) = load_rows(data=_write_jsonl(tmp_path / "marked.jsonl", [real_name]))
+    assert marked.synthetic
+
+
+def test_load_windows_keeps_the_labelled_text_once_per_window(tmp_path: Path, mixed_rows) -> None:
+    path = _write_jsonl(tmp_path / "rows.jsonl", mixed_rows)
+    windows = load_windows(data=path, dataset="trec_coarse", context_len=1024)
+    assert [w["context_window_id"] for w in windows] == sorted({r["context_window_id"] for r in mixed_rows
+                                                                 if r["dataset"] == "synthetic-trec_coarse"
+                                                                 and r["context_len"] == 1024})
+    assert all(w["synthetic"] and "|| Label: " in w["context_window_text_with_labels"] for w in windows)
+    assert len(load_windows(data=path, dataset="trec_coarse", limit=1)) == 1
+    assert load_windows(data=path, dataset="imdb") == []
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(mixed_rows), parquet)
+    assert load_windows(data=parquet, dataset="spam")[0]["context_window_text_with_labels"]
 
 
 def test_extra_fields_are_tolerated(tmp_path: Path) -> None:
@@ -231,7 +268,7 @@ def _recount(row: dict[str, Any]) -> list[tuple[dt.date, int, str]]:
         mon, day, year, user, instance = match.groups()
         date = dt.date(int(year), _MONTHS.index(mon) + 1, int(day))
         labels = [
-            label for label in DATASETS[row["dataset"]].labels
+            label for label in DATASETS[row["dataset"].removeprefix("synthetic-")].labels
             if re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", instance)
         ]
         assert len(labels) == 1, line
@@ -391,7 +428,7 @@ def test_unknown_dataset_is_refused() -> None:
 def test_generated_rows_load_through_load_rows(tmp_path: Path) -> None:
     rows = generate_rows(10, 2048, seed=6)
     loaded = load_rows(data=_write_jsonl(tmp_path / "rows.jsonl", rows))
-    assert [r.model_dump(exclude={"split"}) for r in loaded] == [
+    assert [r.model_dump(exclude={"split", "context_len_source"}) for r in loaded] == [
         {k: v for k, v in row.items() if k != "context_window_text_with_labels"} for row in rows
     ]
 

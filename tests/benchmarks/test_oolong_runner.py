@@ -10,19 +10,11 @@ from typing import Any
 
 import pytest
 from fsrlm.benchmarks import oolong
-from fsrlm.benchmarks.oolong import ResultsFile, failed_result, run_rows
+from fsrlm.benchmarks.harness import ResultsFile, failed_result, run_rows
 from fsrlm.benchmarks.oolong_data import OolongRow, row_from_record
 from fsrlm.benchmarks.oolong_scoring import score_answer as scoring_score_answer
 from fsrlm.benchmarks.oolong_synth_gen import generate_rows
-from fsrlm.benchmarks.report import (
-    PAPER_REFERENCE,
-    RowResult,
-    print_tables,
-    read_results,
-    report_json,
-    report_tables,
-    summarise,
-)
+from fsrlm.benchmarks.results import RowResult, read_results
 from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
 from support import FAKE_UPSTREAM_KEY
 
@@ -84,12 +76,14 @@ def test_whole_benchmark_offline_with_resume(bench, capsys, scripted):
     for r in first:
         assert r["score"] == 1.0, r
         assert r["success"] and r["stop_reason"] == "completed"
-        assert r["method"] == "rlm" and r["dataset"] == "trec_coarse" and r["context_len"] == 2048
+        assert r["method"] == "rlm" and r["dataset"] == "synthetic-trec_coarse" and r["context_len"] == 2048
+        assert r["synthetic"] is True and r["scoring"] == "authors"
         assert r["answer"] and r["candidate"] is not None and r["gold"].startswith("[")
         assert r["root_cost_usd"] > 0 and r["subcalls"] + r["cached"] >= 1 and r["run_id"]
-    assert "OOLONG with fsRLM" in out
-    assert "Paper's reference figures (NOT ours)" in out and "not measured here" in out
-    assert "56.0" in out and "44.0" in out
+    assert "OOLONG with fsRLM" in out and "scored with the OOLONG authors' rules" in out
+    assert "The paper's figures (THEIRS, GPT-5)" in out
+    assert "56.5" in out and "44.0" in out
+    assert "SYNTHETIC rows" in out
     assert "│" not in out  # not a terminal: plain text, no rich box drawing
 
     # Interrupted after two rows: --resume runs only the other two.
@@ -112,8 +106,10 @@ def test_whole_benchmark_offline_with_resume(bench, capsys, scripted):
     assert report["overall"]["runs"] == 4 and report["overall"]["mean_score"] == 1.0
     assert report["overall"]["cache_hit_rate"] > 0
     assert {g["task_group"] for g in report["groups"]} <= {"counting", "user", "timeline"}
-    assert [f["score"] for f in report["paper_reference"]["figures"]] == [56.0, 44.0]
-    assert "not measured here" in report["paper_reference"]["note"]
+    figures = report["paper_reference"]["figures"]
+    assert [f["score"] for f in figures] == [56.5, 44.0, 58.0, 0.1]
+    assert all(f["ours_same_slice"] is None for f in figures)  # synthetic rows are never set beside them
+    assert "THEIRS" in report["paper_reference"]["note"]
 
     # Without --resume an old results file is never appended to.
     code, _, err = run_cli(bench, capsys)
@@ -142,8 +138,8 @@ def test_a_failing_row_scores_zero_and_the_rest_still_run(bench, capsys, scripte
     assert failed["stop_reason"] == "no_answer" and failed["errors"]
     assert failed["workspace_path"] and Path(failed["workspace_path"]).is_dir()  # kept for inspection
     assert [by_id[r["id"]]["score"] for r in (rows[0], rows[2])] == [1.0, 1.0]
-    (counting,) = [line for line in out.splitlines() if line.startswith("trec_coarse")]  # three counting rows
-    assert counting.split()[3:6] == ["66.7", "3", "1"]  # score, runs, failed
+    (counting,) = [line for line in out.splitlines() if line.startswith("synthetic-trec_coarse")]
+    assert counting.split()[3:8] == ["66.7", "±", "57.7", "3", "1"]  # score ± sd, runs, failed
 
 
 def test_configuration_and_data_errors_are_one_message(tmp_path, capsys):
@@ -210,53 +206,3 @@ def test_read_results_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
     path.write_text("{}\n" + line + "\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"out\.jsonl:1"):
         read_results(path)
-
-
-# --------------------------------------------------------------------- report
-
-
-def _result(id_: int, *, score: float, root: float, sub: float, subcalls: int, cached: int,
-            context_len: int = 131072, success: bool = True, task_group: str = "counting") -> RowResult:
-    return RowResult(id=id_, dataset="trec_coarse", context_len=context_len, task_group=task_group, gold="[1]",
-                     score=score, success=success, stop_reason="completed" if success else "timeout",
-                     root_cost_usd=root, subcall_cost_usd=sub, total_cost_usd=root + sub, wall_seconds=10.0,
-                     subcalls=subcalls, cached=cached)
-
-
-def test_report_figures():
-    results = [
-        _result(1, score=1.0, root=0.10, sub=0.02, subcalls=8, cached=0),
-        _result(2, score=0.5, root=0.30, sub=0.04, subcalls=4, cached=4),
-        _result(3, score=0.0, root=0.20, sub=0.00, subcalls=0, cached=0, success=False),
-        _result(4, score=1.0, root=0.50, sub=0.10, subcalls=2, cached=2, task_group="user", context_len=1024),
-    ]
-    groups, overall = summarise(results)
-    counting = next(g for g in groups if g.task_group == "counting")
-    assert (counting.runs, counting.failures) == (3, 1)
-    assert counting.mean_score == pytest.approx(0.5)
-    assert counting.root_cost_mean == pytest.approx(0.2) and counting.root_cost_median == pytest.approx(0.2)
-    assert counting.subcall_cost_mean == pytest.approx(0.02) and counting.subcall_cost_median == pytest.approx(0.02)
-    assert counting.subcalls_per_run == pytest.approx(16 / 3)
-    assert counting.cache_hit_rate == pytest.approx(4 / 16)
-    assert overall is not None and overall.runs == 4 and overall.cache_hit_rate == pytest.approx(6 / 20)
-
-    data = report_json(results)
-    figures = data["paper_reference"]["figures"]
-    assert [f["system"] for f in figures] == [f.system for f in PAPER_REFERENCE]
-    assert figures[0]["ours_same_slice"] == pytest.approx(0.5)  # only the 131072 trec_coarse rows
-    assert figures[1]["ours_same_slice"] is None  # "GPT-5 alone" is matched by root-only rows only
-    alone = [r.model_copy(update={"method": "root-only", "score": 0.25}) for r in results]
-    assert report_json(results, plain=alone)["paper_reference"]["figures"][1]["ours_same_slice"] == 0.25
-
-
-def test_report_prints_plain_text_off_a_terminal_and_rich_on_one():
-    results = [_result(1, score=1.0, root=0.1, sub=0.0, subcalls=1, cached=0)]
-    plain = io.StringIO()
-    print_tables(report_tables(results), plain)
-    text = plain.getvalue()
-    assert "score" in text and "100.0" in text and "│" not in text
-    assert "Paper's reference figures (NOT ours)" in text
-
-    fancy = io.StringIO()
-    print_tables(report_tables(results), fancy, rich=True)
-    assert "OOLONG with fsRLM" in fancy.getvalue() and "┃" in fancy.getvalue()
