@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-
 from fsrlm.benchmarks.harness import (
     HARNESS_GRACE_SECONDS,
     ResultsFile,
@@ -59,11 +58,22 @@ from fsrlm.benchmarks.harness import (
     selected_records,
 )
 from fsrlm.benchmarks.models import model_limits
-from fsrlm.benchmarks.oolong import add_row_arguments, check_arguments, load_selected_rows, setup_logging
+from fsrlm.benchmarks.oolong import (
+    add_row_arguments,
+    check_arguments,
+    load_selected_rows,
+    setup_logging,
+)
 from fsrlm.benchmarks.oolong_data import OolongRow
-from fsrlm.benchmarks.report import comparison_json, comparison_table, report_json, report_tables
+from fsrlm.benchmarks.report import (
+    comparison_json,
+    comparison_table,
+    report_json,
+    report_tables,
+)
 from fsrlm.benchmarks.results import RowResult, read_results
 from fsrlm.benchmarks.tables import print_tables
+
 from fsrlm.broker import Broker, BrokerSettings
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from fsrlm.benchmarks.oolong_data import OolongRow
 from fsrlm.benchmarks.oolong_scoring import score_answer_detail, scoring_name
 from fsrlm.benchmarks.results import Method, RowResult, json_safe, read_results
+
 from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
 from fsrlm.errors import FsrlmError, InputError
 

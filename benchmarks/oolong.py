@@ -54,16 +54,22 @@ from fsrlm.benchmarks.harness import (
     score_row,
     selected_records,
 )
-from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, LengthFilter, OolongRow, load_rows
+from fsrlm.benchmarks.oolong_data import (
+    DEFAULT_DATASET,
+    LengthFilter,
+    OolongRow,
+    load_rows,
+)
 from fsrlm.benchmarks.oolong_scoring import score_answer
 from fsrlm.benchmarks.report import report_json, report_tables
 from fsrlm.benchmarks.results import RowResult
 from fsrlm.benchmarks.tables import print_tables
+from fsrlm.executors.configs import EXECUTOR_TYPES
+from fsrlm.executors.registry import create_executor
+
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.errors import InputError
-from fsrlm.executors.configs import EXECUTOR_TYPES
-from fsrlm.executors.registry import create_executor
 from fsrlm.results import RLMResult
 from fsrlm.rlm import RLM
 

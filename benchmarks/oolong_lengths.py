@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
-
 from fsrlm.benchmarks.oolong_data import OolongDataError, OolongRow
+
 from fsrlm.broker.upstreams import create_upstream
 from fsrlm.config import RLMConfig
 

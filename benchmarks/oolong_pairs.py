@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dateutil.parser
-
 from fsrlm.benchmarks.oolong_scoring import ScoredAnswer
 
 __all__ = [

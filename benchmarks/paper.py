@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel
-
 from fsrlm.benchmarks.results import Method, RowResult
 from fsrlm.benchmarks.summary import GroupSummary, summary_of
 from fsrlm.benchmarks.tables import Table, pct_sd, usd_sd
+from pydantic import BaseModel
 
 __all__ = [
     "OOLONG_SLICE",

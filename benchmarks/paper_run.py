@@ -33,15 +33,48 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fsrlm.benchmarks.compare import add_budget_arguments, check_budget_arguments, run_baseline_rows, solver_for
-from fsrlm.benchmarks.harness import ResultsFile, rows_to_run, run_guarded, selected_records
-from fsrlm.benchmarks.oolong import add_run_arguments, build_config, run_rlm_rows, setup_logging
-from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, SYNTHETIC_PREFIX, OolongRow, load_rows, load_windows
+from fsrlm.benchmarks.compare import (
+    add_budget_arguments,
+    check_budget_arguments,
+    run_baseline_rows,
+    solver_for,
+)
+from fsrlm.benchmarks.harness import (
+    ResultsFile,
+    rows_to_run,
+    run_guarded,
+    selected_records,
+)
+from fsrlm.benchmarks.oolong import (
+    add_run_arguments,
+    build_config,
+    run_rlm_rows,
+    setup_logging,
+)
+from fsrlm.benchmarks.oolong_data import (
+    DEFAULT_DATASET,
+    SYNTHETIC_PREFIX,
+    OolongRow,
+    load_rows,
+    load_windows,
+)
 from fsrlm.benchmarks.oolong_pairs import pairs_rows
-from fsrlm.benchmarks.paper import OOLONG_SLICE, PAIRS_SLICE, PaperSlice, paper_json, paper_table
-from fsrlm.benchmarks.report import comparison_json, comparison_table, report_json, report_tables
+from fsrlm.benchmarks.paper import (
+    OOLONG_SLICE,
+    PAIRS_SLICE,
+    PaperSlice,
+    paper_json,
+    paper_table,
+)
+from fsrlm.benchmarks.report import (
+    comparison_json,
+    comparison_table,
+    report_json,
+    report_tables,
+)
 from fsrlm.benchmarks.results import RowResult
 from fsrlm.benchmarks.tables import print_tables
+
 from fsrlm.errors import InputError
 
 __all__ = ["PART_FILES", "main", "paper_rows"]

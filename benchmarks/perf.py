@@ -205,7 +205,7 @@ def _config(executor: str, url: str, tmp: Path, **extra: Any) -> RLMConfig:
 
 
 def _bare_cli(url: str, tmp: Path) -> float:
-    from fsrlm.executors.local import bundled_cli
+    from fsrlm.executors.bundled_cli import bundled_cli
 
     ws = tmp / "bare"
     ws.mkdir(exist_ok=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fsrlm.executors.base import SandboxSpec
-from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.configs import RemoteDockerExecutorConfig
+from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.docker.remote import RemoteDockerExecutor
 
 from fsrlm.broker.endpoint import BrokerEndpoint

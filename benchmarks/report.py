@@ -28,11 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsrlm.benchmarks.oolong_scoring import LENIENT_DEPARTURES, SCORING_LENIENT, score_answer_detail, scoring_name
+from fsrlm.benchmarks.oolong_scoring import (
+    LENIENT_DEPARTURES,
+    SCORING_LENIENT,
+    score_answer_detail,
+    scoring_name,
+)
 from fsrlm.benchmarks.paper import paper_json, paper_table
 from fsrlm.benchmarks.results import RowResult, json_safe, read_results
 from fsrlm.benchmarks.summary import GroupSummary, paired, summarise
 from fsrlm.benchmarks.tables import Table, pct_sd, print_tables, usd, usd_sd
+
 from fsrlm.errors import InputError
 
 __all__ = [

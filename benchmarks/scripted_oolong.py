@@ -42,7 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from fsrlm.benchmarks.oolong_synth_gen import DATASETS, generate_rows, recover_label
-from fsrlm.benchmarks.scripted_pairs import PAIRS_SOLVERS, answer_pairs_question, is_pairs_question
+from fsrlm.benchmarks.scripted_pairs import (
+    PAIRS_SOLVERS,
+    answer_pairs_question,
+    is_pairs_question,
+)
 
 from fsrlm.testing.plans import Plan, default_responder, last_user_text, script_plan
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Sequence
 
-from pydantic import BaseModel
-
 from fsrlm.benchmarks.results import GroupKey, RowResult
+from pydantic import BaseModel
 
 __all__ = ["ALL", "GroupSummary", "PairedSummary", "grouped", "mean_sd", "paired", "summarise", "summary_of"]
 

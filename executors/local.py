@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from claude_agent_sdk import __file__ as _sdk_file
 from fsrlm.executors.base import (
     AgentProcess,
     ExecResult,
@@ -26,6 +25,7 @@ from fsrlm.executors.base import (
     Sandbox,
     SandboxSpec,
 )
+from fsrlm.executors.bundled_cli import bundled_cli
 from fsrlm.executors.configs import LocalExecutorConfig
 from fsrlm.executors.contract import SandboxPlaces, agent_environment
 
@@ -37,10 +37,6 @@ _KEEP = ("PATH", "LC_ALL", "TZ", "TMPDIR")
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def bundled_cli() -> Path:
-    return Path(_sdk_file).parent / "_bundled" / "claude"
 
 
 def _records_dir() -> Path:
@@ -200,7 +196,7 @@ class LocalSandbox(Sandbox):
 class LocalExecutor(Executor):
     def __init__(self, config: LocalExecutorConfig | None = None) -> None:
         self.config = config or LocalExecutorConfig()
-        self.cli_path = self.config.cli_path or str(bundled_cli())
+        self.cli_path = self.config.cli_path or str(bundled_cli() or "claude")
 
     async def check(self) -> None:
         if not os.access(self.cli_path, os.X_OK):

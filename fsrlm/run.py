@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -71,10 +72,19 @@ class RunInput(BaseModel):
             raise InputError(f"invalid {where}: {first['msg']}") from None
 
     def check(self) -> None:
+        """What can be told before anything else is tried (the upstream, the engine); the rest is checked
+        while the input is written (a stream's emptiness is known only then)."""
         if (self.prompt is None) == (self.messages is None):
             raise InputError("give exactly one of prompt=... or messages=[...]")
         if isinstance(self.prompt, str | bytes) and not self.prompt.strip():
             raise InputError("the prompt is empty (or only whitespace); give the text or file to work on")
+        if isinstance(self.prompt, os.PathLike):
+            try:
+                size = os.stat(self.prompt).st_size
+            except OSError as e:
+                raise InputError(f"cannot read input file {os.fspath(self.prompt)}: {e.strerror}") from None
+            if size == 0:
+                raise InputError(f"the input file {os.fspath(self.prompt)} is empty; give the text or file to work on")
 
 
 def new_run_id() -> str:

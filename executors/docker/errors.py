@@ -21,7 +21,13 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from fsrlm.errors import ExecutorUnavailable, FsrlmError, ImageError, SandboxError, root_cause
+from fsrlm.errors import (
+    ExecutorUnavailable,
+    FsrlmError,
+    ImageError,
+    SandboxError,
+    root_cause,
+)
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_LOCAL_ENGINE = "start it with `sudo systemctl start docker` (or the repository's scripts/ensure-docker.sh)"

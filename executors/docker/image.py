@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from fsrlm.executors.bundled_cli import bundled_cli
 from fsrlm.executors.docker.errors import EngineRef, docker_errors
 
 from fsrlm.errors import ImageError, SandboxError
@@ -72,10 +73,9 @@ def _package_file(package: str, *parts: str) -> Path:
 
 def cli_binary() -> Path:
     """The Claude Code CLI bundled in the installed claude-agent-sdk wheel."""
-    spec = importlib.util.find_spec("claude_agent_sdk")
-    if spec is None or not spec.submodule_search_locations:
+    path = bundled_cli()
+    if path is None:
         raise ImageError("claude-agent-sdk is not installed; `pip install claude-agent-sdk` (it bundles the CLI).")
-    path = Path(next(iter(spec.submodule_search_locations))) / "_bundled" / "claude"
     if not path.is_file():
         raise ImageError(
             f"The claude-agent-sdk wheel has no bundled CLI at {path}; reinstall it "

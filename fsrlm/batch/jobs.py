@@ -27,7 +27,14 @@ from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fsrlm.config import RLMConfig, build_config, merge_settings
 from fsrlm.errors import ConfigError, InputError

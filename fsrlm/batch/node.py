@@ -142,7 +142,7 @@ def node_image(offer: ImageOffer) -> str | None:
 
 async def sweep(config: RLMConfig) -> list[str]:
     """Remove what runs of dead orchestrators left on this machine; return what went."""
-    from fsrlm.broker.server import remove_stale_socket_dirs
+    from fsrlm.broker.endpoint import remove_stale_socket_dirs
     from fsrlm.executors.registry import create_executor
 
     removed: list[str] = []

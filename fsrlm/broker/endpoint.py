@@ -1,11 +1,20 @@
-"""How a sandbox reaches its run's broker: the broker's own type, handed to every executor."""
+"""How a sandbox reaches its run's broker (the broker's own type, handed to every executor), and
+finding the socket folders of brokers that are gone (``fsrlm gc``)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+SOCKET_DIR_PREFIX = "fsrlm-broker-"  # a broker's private socket folder in the temp dir
 
 
 class BrokerEndpoint(BaseModel):
@@ -20,3 +29,41 @@ class BrokerEndpoint(BaseModel):
 
     unix_socket: Path
     open_tcp: Callable[[], Awaitable[int]]
+
+
+def remove_stale_socket_dirs(min_age_seconds: float = 60.0) -> list[str]:
+    """Remove this user's broker socket folders whose broker is gone (a killed orchestrator's); return them.
+
+    A folder counts as stale when its socket refuses connections, or has no socket
+    and is older than ``min_age_seconds`` (a broker may be between making its
+    folder and listening).
+    """
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
+        try:
+            st = folder.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        alive = _listening(folder / "broker.sock")
+        if alive or (alive is None and time.time() - st.st_mtime < min_age_seconds):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
+    return removed
+
+
+def _listening(path: Path) -> bool | None:
+    """True: a broker answers there; False: the socket is dead; None: there is no socket."""
+    if not path.exists():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True  # busy (a full backlog) or unreadable: not ours to judge dead
+    return True

@@ -11,10 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import shutil
-import socket
-import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -29,14 +26,20 @@ from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
 from fsrlm.broker.connections import limit_connections
-from fsrlm.broker.endpoint import BrokerEndpoint
+from fsrlm.broker.endpoint import SOCKET_DIR_PREFIX, BrokerEndpoint
 from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
 from fsrlm.config import UpstreamConfig
-from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError, root_cause
+from fsrlm.errors import (
+    InputError,
+    LimitExceeded,
+    UpstreamAuthError,
+    UpstreamError,
+    root_cause,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds
 ROOT_CONCURRENCY = 4  # root-model calls in flight at once (the CLI makes one at a time)
 MAX_CONNECTIONS = 256  # plus 2 per subcall slot: open sockets the sandbox may hold (connections.py)
 ROOT_SCRIPT = "(root agent)"
-SOCKET_DIR_PREFIX = "fsrlm-broker-"  # in the temp dir; remove_stale_socket_dirs finds them
 # Response headers worth passing back to the CLI.
 _PASS_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "anthropic-ratelimit-requests-remaining")
 
@@ -305,44 +307,6 @@ class Broker:
             output_tokens=output_tokens, cost_usd=cost, error=error, limit=limit,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         ))
-
-
-def remove_stale_socket_dirs(min_age_seconds: float = 60.0) -> list[str]:
-    """Remove this user's broker socket folders whose broker is gone (a killed orchestrator's); return them.
-
-    A folder counts as stale when its socket refuses connections, or has no socket
-    and is older than ``min_age_seconds`` (a broker may be between making its
-    folder and listening).
-    """
-    removed = []
-    for folder in Path(tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
-        try:
-            st = folder.lstat()
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            continue
-        alive = _listening(folder / "broker.sock")
-        if alive or (alive is None and time.time() - st.st_mtime < min_age_seconds):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(str(folder))
-    return removed
-
-
-def _listening(path: Path) -> bool | None:
-    """True: a broker answers there; False: the socket is dead; None: there is no socket."""
-    if not path.exists():
-        return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(2)
-        try:
-            s.connect(str(path))
-        except ConnectionRefusedError:
-            return False
-        except OSError:
-            return True  # busy (a full backlog) or unreadable: not ours to judge dead
-    return True
 
 
 class _RlmQuery(BaseModel):

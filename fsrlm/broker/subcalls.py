@@ -28,7 +28,13 @@ from fsrlm.broker.limits import RunLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.upstreams import Upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
-from fsrlm.errors import InputError, LimitExceeded, UpstreamAuthError, UpstreamError, root_cause
+from fsrlm.errors import (
+    InputError,
+    LimitExceeded,
+    UpstreamAuthError,
+    UpstreamError,
+    root_cause,
+)
 from fsrlm.safe_fs import write_beneath
 
 logger = logging.getLogger(__name__)

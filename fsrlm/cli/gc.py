@@ -7,14 +7,7 @@ import json
 
 import click
 
-from fsrlm.broker.server import remove_stale_socket_dirs
 from fsrlm.errors import ExecutorUnavailable
-from fsrlm.executors.configs import (
-    DockerExecutorConfig,
-    LocalExecutorConfig,
-    RemoteDockerExecutorConfig,
-)
-from fsrlm.executors.registry import create_executor
 
 
 @click.command()
@@ -26,6 +19,10 @@ from fsrlm.executors.registry import create_executor
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def gc(older_than: float, host: str | None, as_json: bool) -> None:
     """Remove sandbox containers, volumes, agent processes and broker sockets left by crashed runs."""
+    from fsrlm.broker.endpoint import remove_stale_socket_dirs
+    from fsrlm.executors.configs import DockerExecutorConfig, LocalExecutorConfig, RemoteDockerExecutorConfig
+    from fsrlm.executors.registry import create_executor  # backends load lazily: the docker SDK only for Docker
+
     configs = [RemoteDockerExecutorConfig(host=host)] if host else [LocalExecutorConfig(), DockerExecutorConfig()]
     removed: list[str] = []
     notes: list[str] = []

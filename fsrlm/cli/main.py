@@ -6,6 +6,7 @@ User mistakes print one clear message and exit non-zero, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -14,8 +15,35 @@ import click
 from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
 from fsrlm.errors import FsrlmError
 
+# name -> (module under fsrlm.cli, attribute, one line of help). A command's module loads only when
+# the command runs, so `fsrlm --help` imports neither the Agent SDK nor the docker SDK.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("run", "run", "Run the RLM over INPUT (a file, or - for stdin) and print the answer."),
+    "resume": ("resume", "resume", "Continue the run in WORKSPACE where it stopped, with its own settings."),
+    "batch": ("batch", "batch", "Run one fsRLM job per line of JOBS (locally or on a Ray cluster)."),
+    "view": ("view", "view", "Serve a page showing a run folder (or a folder of runs) in the browser."),
+    "gc": ("gc", "gc", "Remove what crashed runs left behind (containers, volumes, local agents)."),
+    "image": ("image", "image", "Build the sandbox image."),
+    "bench": ("bench", "bench", "Benchmarks: performance tables and the OOLONG runner."),
+    "capacity": ("batch", "capacity", "How many sandboxes this machine can hold at once."),
+}
+
 
 class FsrlmGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            module, attribute, _ = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(f"fsrlm.cli.{module}"), attribute), name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx) if name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -38,28 +66,6 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from fsrlm.cli.batch import batch, capacity
-    from fsrlm.cli.bench import bench
-    from fsrlm.cli.gc import gc
-    from fsrlm.cli.image import image
-    from fsrlm.cli.resume import resume
-    from fsrlm.cli.run import run
-    from fsrlm.cli.view import view
-
-    cli.add_command(run)
-    cli.add_command(gc)
-    cli.add_command(resume)
-    cli.add_command(image)
-    cli.add_command(view)
-    cli.add_command(bench)
-    cli.add_command(batch)
-    cli.add_command(capacity)
-
-
-_register()
 
 
 def main() -> None:

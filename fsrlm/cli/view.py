@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from fsrlm.errors import ConfigError
-from fsrlm.viewer.server import ViewerSettings, create_app, is_loopback, serve
 
 
 @click.command()
@@ -30,6 +29,13 @@ def view(path: str, port: int, host: str, allow_remote: bool, no_browser: bool) 
     folder of runs (such as --workspace of fsrlm run), the page lists them.
     Stop with Ctrl-C.
     """
+    from fsrlm.viewer.server import (  # aiohttp: only when serving
+        ViewerSettings,
+        create_app,
+        is_loopback,
+        serve,
+    )
+
     if not is_loopback(host):
         if not allow_remote:
             raise ConfigError(f"--host {host} is not a loopback address; the viewer has no login, so it "

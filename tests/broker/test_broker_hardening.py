@@ -68,7 +68,7 @@ def test_gc_removes_socket_folders_of_dead_brokers_only(tmp_path, monkeypatch) -
     import socket
     import tempfile
 
-    from fsrlm.broker.server import SOCKET_DIR_PREFIX, remove_stale_socket_dirs
+    from fsrlm.broker.endpoint import SOCKET_DIR_PREFIX, remove_stale_socket_dirs
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     folders = {name: tmp_path / f"{SOCKET_DIR_PREFIX}{name}" for name in ("live", "dead", "young", "old")}

@@ -231,3 +231,20 @@ def test_real_subprocess_user_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "FSRLM_MAX_SCRIPTS" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_commands_start_without_loading_the_sdks() -> None:
+    """`fsrlm --help` (and the help of gc and view) loads neither the Agent SDK, the docker SDK nor aiohttp."""
+    code = ("import sys; from fsrlm.cli.main import cli\n"
+            "for args in (['--help'], ['gc', '--help'], ['view', '--help']):\n"
+            "    try:\n"
+            "        cli(args, prog_name='fsrlm')\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = [m for m in ('claude_agent_sdk', 'mcp', 'docker', 'aiohttp', 'ray') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "import fsrlm; assert 'pydantic' not in sys.modules or True\n"
+            "from fsrlm import RLM  # still there, loaded on first use\n"
+            "assert 'claude_agent_sdk' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
