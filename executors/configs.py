@@ -38,6 +38,11 @@ class DockerExecutorConfig(_ContainerLimits):
     """Run the agent in a locked-down container on the local Docker engine."""
 
     type: Literal["docker"] = "docker"
+    warm: int = Field(
+        default=0, ge=0, le=64,
+        description="sandboxes an RLM object (or fsrlm batch, or a benchmark sweep) starts ahead of time, the CLI "
+        "already waiting inside; each serves exactly one run and is then destroyed. 0: every run starts cold",
+    )
     share_cli: bool = Field(
         default=True,
         description="with the default image, mount this machine's copy of the CLI read-only over the image's "

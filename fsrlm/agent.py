@@ -14,6 +14,9 @@ from typing import Any
 
 from claude_agent_sdk import Transport
 
+from fsrlm.config import RLMConfig
+from fsrlm.prompts import system_append
+
 from fsrlm.executors.base import AgentProcess, ExecResult, Sandbox
 
 logger = logging.getLogger(__name__)
@@ -21,6 +24,12 @@ logger = logging.getLogger(__name__)
 # What the agent may use: files in its workspace, a shell, and skills. No web tools.
 ALLOWED_TOOLS = ("Bash", "Read", "Write", "Edit", "Glob", "Grep", "TodoWrite", "Skill")
 DISALLOWED_TOOLS = ("WebFetch", "WebSearch", "NotebookEdit")
+
+
+def run_argv(config: RLMConfig, limits: dict[str, Any], system: str | None, resume: str | None = None) -> list[str]:
+    """The CLI's arguments for a run of ``config`` (a warm sandbox and the run it serves must agree)."""
+    return cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
+                    system_append=system_append(limits, system), resume=resume)
 
 
 def cli_argv(*, model: str, max_turns: int, system_append: str, resume: str | None = None) -> list[str]:

@@ -15,6 +15,7 @@ from fsrlm.events import RLMEvent
 from fsrlm.results import RLMResult
 from fsrlm.resume import plan_resume
 from fsrlm.run import RunInput, resume_rlm, run_rlm
+from fsrlm.warm import WarmPool, WarmRunner
 from fsrlm.workspace import InputLike
 
 T = TypeVar("T")
@@ -45,6 +46,33 @@ class RLM:
         elif overrides:
             config = RLMConfig.model_validate({**config.model_dump(), **overrides})
         self.config = config
+        self._warm: WarmRunner | None = None  # started by the first run when executor.warm > 0
+
+    async def _run(self, start: Callable[[WarmPool | None], Coroutine[Any, Any, T]]) -> T:
+        """Run ``start(pool)``: in this loop, or on the warm pool's own loop when there is one."""
+        size = getattr(self.config.executor, "warm", 0)
+        if not size:
+            return await start(None)
+        if self._warm is None:
+            self._warm = WarmRunner(self.config, size)
+        return await self._warm.run(start)
+
+    def close(self) -> None:
+        """Remove the warm sandboxes no run took (a no-op without ``executor.warm``). Idempotent."""
+        if self._warm is not None:
+            self._warm.close()
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RLM:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
 
     async def ainvoke(
         self,
@@ -61,7 +89,7 @@ class RLM:
         ``on_event`` is called with every ``RLMEvent`` as it happens (see ``astream``).
         """
         inp = RunInput.of(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
-        return await run_rlm(self.config, inp, on_event=on_event)
+        return await self._run(lambda pool: run_rlm(self.config, inp, on_event=on_event, pool=pool))
 
     def invoke(
         self,
@@ -92,7 +120,8 @@ class RLM:
         Events of nested runs (``rlm_query``) are included, with their own ``run_id``.
         """
         inp = RunInput.of(prompt=prompt, messages=messages, system=system, question=question, attachments=attachments)
-        async for event in _events_of(lambda sink: run_rlm(self.config, inp, on_event=sink)):
+        async for event in _events_of(lambda sink: self._run(lambda pool: run_rlm(self.config, inp, on_event=sink,
+                                                                                pool=pool))):
             yield event
 
     def stream(self, prompt: InputLike | None = None, **kwargs: Any) -> Iterator[RLMEvent]:
@@ -117,7 +146,9 @@ class RLM:
 
 async def _events_of(start) -> AsyncIterator[RLMEvent]:
     events: asyncio.Queue[RLMEvent] = asyncio.Queue()
-    task = asyncio.create_task(start(events.put_nowait))
+    loop = asyncio.get_running_loop()
+    # Thread-safe: a warm pool's runs emit their events from the pool's own loop thread.
+    task = asyncio.create_task(start(lambda event: loop.call_soon_threadsafe(events.put_nowait, event)))
     try:
         while not task.done() or not events.empty():
             getter = asyncio.ensure_future(events.get())

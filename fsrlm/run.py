@@ -25,7 +25,7 @@ from claude_agent_sdk import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fsrlm.agent import SandboxTransport, cli_argv
+from fsrlm.agent import SandboxTransport, run_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.broker.upstreams.preflight import check_reachable
@@ -35,7 +35,7 @@ from fsrlm.events import EventLog, Subscriber
 from fsrlm.executors.base import Sandbox, SandboxSpec
 from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
-from fsrlm.prompts import InputSummary, first_message, system_append
+from fsrlm.prompts import InputSummary, first_message
 from fsrlm.results import RLMResult, RunMetrics, StopReason
 from fsrlm.resume import (
     RESUME_MESSAGE,
@@ -45,6 +45,7 @@ from fsrlm.resume import (
     stored_result,
 )
 from fsrlm.runstate import RunState, RunStateStore
+from fsrlm.warm import WarmPool, WarmSlot
 from fsrlm.workspace import INLINE_LIMIT, Workspace
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def limits_of(config: RLMConfig) -> RunLimits:
     )
 
 
-def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) -> tuple[Workspace, InputSummary]:
-    ws = Workspace.create(run_id, parent)
+def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent,
+                       ws: Workspace | None = None) -> tuple[Workspace, InputSummary]:
+    """Write the input into the run folder (``ws``: one a warm slot made ahead of time; else a new one)."""
+    ws = ws or Workspace.create(run_id, parent)
     try:
         question = inp.question
         if inp.messages is not None:
@@ -128,7 +131,8 @@ def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent) ->
     return ws, InputSummary(size_bytes=size, head=head, tail=tail, question=question, attachments=attachments)
 
 
-async def _preflight(config: RLMConfig):
+async def preflight(config: RLMConfig):
+    """Everything that can fail before a run folder exists: credentials, the upstream, the executor."""
     check_credentials(config.upstream)
     if config.upstream.preflight:
         await check_reachable(config.upstream)  # seconds, not minutes of retries, for a wrong or dead URL
@@ -145,19 +149,28 @@ async def run_rlm(
     shared: SharedLedger | None = None,
     parent_dir=None,
     on_event: Subscriber | None = None,
+    pool: WarmPool | None = None,
 ) -> RLMResult:
-    """Run the root agent over ``inp`` and return what it produced."""
+    """Run the root agent over ``inp`` and return what it produced (in a warm sandbox from ``pool`` if one fits)."""
     inp.check()
-    executor = await _preflight(config)
-    run_id = new_run_id()
-    ws, summary = _prepare_workspace(config, inp, run_id, parent_dir or config.workspace_dir)
+    slot = await pool.take(inp.system) if pool is not None and depth == 0 else None
+    if slot is None:
+        executor, run_id, ws = await preflight(config), new_run_id(), None
+    else:  # checked when the pool started; the slot is this run's executor, run id and run folder
+        executor, run_id, ws = slot, slot.run_id, slot.workspace
+    try:
+        ws, summary = _prepare_workspace(config, inp, run_id, parent_dir or config.workspace_dir, ws)
+    except BaseException:
+        if slot is not None:
+            await slot.discard()
+        raise
     ws.write_job({
         "run_id": run_id, "depth": depth, "limits": limits_of(config).model_dump(),
         "root_model": config.effective_root_model, "submodel": config.effective_submodel,
         "executor": config.executor.type, "input_bytes": summary.size_bytes,
     })
     return await _execute(config, executor, ws, first_message(summary), system=inp.system, depth=depth,
-                          shared=shared or SharedLedger(), on_event=on_event)
+                          shared=shared or SharedLedger(), on_event=on_event, slot=slot)
 
 
 async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | None = None,
@@ -167,7 +180,7 @@ async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | Non
     plan = plan or plan_resume(config, workspace)
     if plan.action == "show_result":
         return stored_result(plan)
-    executor = await _preflight(plan.config)
+    executor = await preflight(plan.config)
     state = plan.state
     return await _execute(plan.config, executor, plan.workspace, RESUME_MESSAGE, system=state.system,
                           depth=state.depth, shared=state.shared_ledger(), on_event=on_event, resume=state)
@@ -198,11 +211,12 @@ async def _execute(
     shared: SharedLedger,
     on_event: Subscriber | None,
     resume: RunState | None = None,
+    slot: WarmSlot | None = None,
 ) -> RLMResult:
     """The run's steps: broker, sandbox, agent, collect — each part's clean-up beside its start."""
     started = time.monotonic()
     limits = limits_of(config)
-    token = secrets.token_urlsafe(32)
+    token = slot.token if slot is not None else secrets.token_urlsafe(32)  # a warm CLI already holds its token
     outcome = _Outcome(resume.session_id if resume else None)
     events = EventLog(ws.root, ws.run_id, [on_event] if on_event else [])
     store = RunStateStore(config.effective_cache_dir)
@@ -231,6 +245,7 @@ async def _execute(
             limits=limits, upstream=config.upstream,
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
+            socket=slot.socket if slot is not None else None,  # mounted in the warm sandbox already
         ),
         depth=depth, shared=shared, nested_runner=nested, on_record=on_record, on_retry=events.upstream_retry,
     )
@@ -238,9 +253,7 @@ async def _execute(
         resume.restore(broker.ledger)
     events.emit("run_started", data={"depth": depth, "executor": config.executor.type,
                                      "root_model": config.effective_root_model, "resumed": resume is not None})
-    argv = cli_argv(model=config.effective_root_model, max_turns=config.max_turns,
-                    system_append=system_append(limits.model_dump(), system),
-                    resume=resume.session_id if resume else None)
+    argv = run_argv(config, limits.model_dump(), system, resume=resume.session_id if resume else None)
     agent = AgentContract(run_id=ws.run_id, token=token, depth=depth, subcall_concurrency=config.subcall_concurrency,
                           api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
 

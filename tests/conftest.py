@@ -70,6 +70,16 @@ def docker_image() -> str:
 
 
 @pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A docker SDK client of this machine's engine."""
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def remote_docker_host() -> Iterator[Any]:
     """A second Docker daemon on 127.0.0.1 (plain TCP) playing a remote host; stopped and removed at the end."""
     from dockerd import SecondDockerd
@@ -84,11 +94,12 @@ def remote_docker_host() -> Iterator[Any]:
 def make_config(scripted: ScriptedModelServer, tmp_path: Path) -> Callable[..., RLMConfig]:
     """Build an RLMConfig that talks to the scripted model through the broker."""
 
-    def build(executor: str = "local", **overrides: Any) -> RLMConfig:
+    def build(executor: str | dict[str, Any] = "local", **overrides: Any) -> RLMConfig:
+        """``executor``: a type, or a whole executor table."""
         data: dict[str, Any] = {
             "upstream": {"type": "compatible", "base_url": scripted.url, "api_key": FAKE_UPSTREAM_KEY,
                          "max_retries": 3},
-            "executor": {"type": executor},
+            "executor": executor if isinstance(executor, dict) else {"type": executor},
             "cache_dir": str(tmp_path / "cache"),
             "workspace_dir": str(tmp_path / "runs"),
             "preserve_workspace": True,

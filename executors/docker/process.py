@@ -184,6 +184,12 @@ class DockerAgentProcess(AgentProcess):
 
     # -- lifetime -------------------------------------------------------------
 
+    def arm_timeout(self, seconds: float) -> None:
+        """Start the wall-clock limit now (a warm sandbox's agent started long before its run)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._loop.call_later(seconds, self._on_timeout) if seconds > 0 else None
+
     def _on_timeout(self) -> None:
         if self._result is None:
             logger.warning("container %s reached its timeout; killing it", self.container_id[:12])

@@ -17,6 +17,39 @@ from pydantic import BaseModel, ConfigDict
 SOCKET_DIR_PREFIX = "fsrlm-broker-"  # a broker's private socket folder in the temp dir
 
 
+class BrokerSocket:
+    """The broker's unix socket: bound and listening in a private 0700 folder of its own.
+
+    Made before the broker starts (by the broker itself, or ahead of time by a warm
+    pool, so that a sandbox can mount it before the run's broker exists: connections
+    wait in the backlog until the broker accepts them). Closing it removes the folder.
+    """
+
+    def __init__(self, folder: Path, sock: socket.socket) -> None:
+        self.folder = folder
+        self.sock = sock
+        self.path = folder / "broker.sock"
+
+    @classmethod
+    def create(cls, backlog: int = 1024) -> BrokerSocket:
+        folder = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # mode 0700
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(folder / "broker.sock"))
+            os.chmod(folder / "broker.sock", 0o600)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(folder, sock)
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class BrokerEndpoint(BaseModel):
     """How a sandbox can reach the run's broker on the host.
 

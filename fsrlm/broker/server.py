@@ -11,8 +11,6 @@ import asyncio
 import hmac
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ from fsrlm.broker.accounting import UsageSniffer
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
 from fsrlm.broker.connections import limit_connections
-from fsrlm.broker.endpoint import SOCKET_DIR_PREFIX, BrokerEndpoint
+from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
 from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
 from fsrlm.broker.pricing import cost_usd
 from fsrlm.broker.subcalls import SubcallService, parse_request
@@ -63,6 +61,7 @@ class BrokerSettings(BaseModel):
     cache_dir: Path | None  # None: caching off
     subcall_concurrency: int = Field(gt=0)
     retry_base_wait: float = 0.5
+    socket: BrokerSocket | None = None  # made ahead of time (a warm sandbox mounts it); default: made at start
 
 
 NestedRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -93,7 +92,7 @@ class Broker:
         self._root_slots = asyncio.Semaphore(ROOT_CONCURRENCY)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._socket_dir: Path | None = None
+        self._socket: BrokerSocket | None = None
         self._tcp_port: int | None = None
         self._service: SubcallService | None = None
 
@@ -125,14 +124,12 @@ class Broker:
             await self._runner.setup()
             assert self._runner.server is not None
             limit_connections(self._runner.server, MAX_CONNECTIONS + 2 * s.subcall_concurrency)
-            self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # mode 0700
-            socket_path = self._socket_dir / "broker.sock"
-            await web.UnixSite(self._runner, str(socket_path)).start()
-            socket_path.chmod(0o600)
+            self._socket = s.socket or BrokerSocket.create()
+            await web.SockSite(self._runner, self._socket.sock).start()
         except BaseException:
             await self.stop()
             raise
-        return BrokerEndpoint(unix_socket=socket_path, open_tcp=self.open_tcp)
+        return BrokerEndpoint(unix_socket=self._socket.path, open_tcp=self.open_tcp)
 
     async def open_tcp(self) -> int:
         """Also listen on a random loopback port (for agents running on the host)."""
@@ -140,7 +137,7 @@ class Broker:
             assert self._runner is not None
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()
-            self._tcp_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._tcp_port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
         return self._tcp_port
 
     async def stop(self) -> None:
@@ -150,9 +147,9 @@ class Broker:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-            self._socket_dir = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     async def __aenter__(self) -> Broker:
         await self.start()

@@ -143,15 +143,6 @@ def make_spec(workspace: Path, fake_broker: FakeBroker) -> Callable[..., Sandbox
     return build
 
 
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[object]:
-    import docker
-
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
 async def _run_to_end(process, stdin: bytes | None = None) -> tuple[list[bytes], object]:
     if stdin is not None:
         await process.write(stdin)

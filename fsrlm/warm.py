@@ -1,0 +1,271 @@
+"""Sandboxes ready before they are needed: a warm pool, each sandbox used for exactly one run.
+
+A cold run pays, before the agent's first turn, for creating and starting the
+container, the in-sandbox relay and the Claude Code CLI's own start-up. A
+``WarmPool`` pays that ahead of time: each ``WarmSlot`` is an ordinary run's
+sandbox — the same hardened container, the same contract — created for a run
+that does not exist yet:
+
+* its run folder is made at once (``Workspace.create``: the template is there from
+  the start; the input is written when a run takes the slot);
+* its broker socket is bound and listening (``BrokerSocket``) and mounted into the
+  container; the run's broker adopts it when the run starts, and connections wait
+  in the backlog until then (the CLI makes none before its first message);
+* the CLI is already started inside, with the run's id and token, waiting on stdin
+  for its first message; its wall-clock limit starts when a run takes it.
+
+A slot fits a run when its CLI was started with the arguments the run needs (the
+pool's configuration, and the run's system prompt: a run with another system
+prompt runs cold, and the pool refills for the new one). A slot is never reused:
+after its run it is closed like any sandbox, and the pool starts another in the
+background. ``close`` removes every slot not taken; a pool never outlives its
+process: its containers carry the usual labels (``fsrlm gc`` reaps those of a
+process that died), and an ``atexit`` hook closes what is still open.
+
+Only the ``docker`` executor has a warm pool (``executor.warm = N``): the remote
+engine copies the workspace in before the container starts, and the local
+executor has no container to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+from fsrlm.agent import run_argv
+from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
+from fsrlm.config import RLMConfig
+from fsrlm.errors import FsrlmError, SandboxError
+from fsrlm.executors.base import AgentProcess, Executor, Sandbox, SandboxSpec
+from fsrlm.executors.contract import AgentContract
+from fsrlm.executors.registry import create_executor
+from fsrlm.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+
+class WarmSlot:
+    """One sandbox started ahead of time for one future run. An executor for exactly that run's spec."""
+
+    def __init__(self, *, run_id: str, token: str, workspace: Workspace, socket: BrokerSocket, sandbox: Sandbox,
+                 process: AgentProcess, argv: list[str], system: str | None) -> None:
+        self.run_id = run_id
+        self.token = token
+        self.workspace = workspace
+        self.socket = socket
+        self.system = system
+        self._sandbox = sandbox
+        self._process = process
+        self._argv = argv
+        self.taken = False
+
+    @property
+    def alive(self) -> bool:
+        return bool(getattr(self._process, "running", True))
+
+    async def check(self) -> None:
+        return None
+
+    async def prepare(self, spec: SandboxSpec) -> Sandbox:
+        if spec.workspace != self.workspace.root or spec.broker.unix_socket != self.socket.path:
+            raise SandboxError(f"warm slot {self.run_id} was prepared for another run folder or broker")
+        return _WarmSandbox(self._sandbox, self._process, self._argv, spec.timeout_seconds)
+
+    async def discard(self) -> None:
+        """Close a slot no run took: its container, its socket, its (template-only) run folder."""
+        try:
+            await self._sandbox.close()
+        except SandboxError as e:
+            logger.warning("closing warm slot %s: %s", self.run_id, e)
+        self.socket.close()
+        self.workspace.remove()
+
+
+class _WarmSandbox(Sandbox):
+    """The slot's sandbox, handed to its one run: ``start_agent`` returns the CLI already running."""
+
+    def __init__(self, inner: Sandbox, process: AgentProcess, argv: list[str], timeout_seconds: float) -> None:
+        self._inner = inner
+        self._process: AgentProcess | None = process
+        self._argv = argv
+        self._timeout = timeout_seconds
+        self.cli_path = inner.cli_path
+
+    async def start_agent(self, argv: list[str]) -> AgentProcess:
+        process, self._process = self._process, None
+        if process is None:
+            raise SandboxError("a warm sandbox serves exactly one agent process")
+        if argv != self._argv:
+            raise SandboxError("this warm sandbox's CLI was started with other arguments than the run needs")
+        arm = getattr(process, "arm_timeout", None)
+        if arm is not None:
+            arm(self._timeout)  # the wall-clock limit counts from the run's start, not the slot's
+        return process
+
+    async def collect(self) -> None:
+        await self._inner.collect()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class WarmPool:
+    """Keeps up to ``size`` sandboxes started for runs of ``config``; lives on the loop that starts it."""
+
+    def __init__(self, config: RLMConfig, size: int) -> None:
+        if config.executor.type != "docker":
+            raise FsrlmError(f"a warm pool needs the docker executor (this configuration uses "
+                             f"{config.executor.type!r}); set executor.warm only with executor.type = \"docker\"")
+        self.config = config
+        self.size = size
+        self.system: str | None = None  # the system prompt the slots are started for (the last run's)
+        self._executor: Executor = create_executor(config.executor)
+        self._slots: list[WarmSlot] = []
+        self._filling: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.made = 0  # slots started, for benchmarks and tests
+        self.taken = 0
+
+    @property
+    def ready(self) -> int:
+        return len(self._slots)
+
+    async def start(self) -> None:
+        """Check what a run would check first (credentials, the upstream, the executor), then fill the pool."""
+        from fsrlm.run import preflight
+
+        self._executor = await preflight(self.config)
+        self._refill()
+
+    def _refill(self) -> None:
+        missing = self.size - len(self._slots) - len(self._filling)
+        for _ in range(max(0, missing)):
+            task = asyncio.ensure_future(self._fill_one(self.system))
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def _fill_one(self, system: str | None) -> None:
+        try:
+            slot = await self._make_slot(system)
+        except Exception as e:  # noqa: BLE001 - a slot that cannot start is a cold run later, not a crash now
+            logger.warning("could not start a warm sandbox: %s", e)
+            return
+        if self._closed or system != self.system:
+            await slot.discard()
+            return
+        self._slots.append(slot)
+
+    async def _make_slot(self, system: str | None) -> WarmSlot:
+        from fsrlm.run import limits_of, new_run_id  # the orchestrator imports this module: not at the top
+
+        config = self.config
+        run_id, token = new_run_id(), secrets.token_urlsafe(32)
+        workspace = Workspace.create(run_id, config.workspace_dir)
+        socket = BrokerSocket.create()
+        sandbox = None
+        try:
+            agent = AgentContract(run_id=run_id, token=token, subcall_concurrency=config.subcall_concurrency,
+                                  api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
+            spec = SandboxSpec(workspace=workspace.root, broker=BrokerEndpoint(unix_socket=socket.path,
+                                                                             open_tcp=_no_tcp),
+                               agent=agent, timeout_seconds=0)  # armed when a run takes the slot
+            sandbox = await self._executor.prepare(spec)
+            argv = run_argv(config, limits_of(config).model_dump(), system)
+            process = await sandbox.start_agent(argv)
+        except BaseException:
+            if sandbox is not None:
+                with contextlib.suppress(SandboxError):
+                    await sandbox.close()
+            socket.close()
+            workspace.remove()
+            raise
+        self.made += 1
+        return WarmSlot(run_id=run_id, token=token, workspace=workspace, socket=socket, sandbox=sandbox,
+                        process=process, argv=argv, system=system)
+
+    async def take(self, system: str | None) -> WarmSlot | None:
+        """A slot started for ``system``, or None (the run goes cold); the pool refills meanwhile.
+
+        When no slot is ready but some are being started, waits for one: a slot already
+        starting is never later than a cold start begun now.
+        """
+        if self._closed:
+            return None
+        if system != self.system:  # the workload changed: start slots for the new system prompt
+            self.system = system
+            stale, self._slots = self._slots, []
+            for slot in stale:
+                asyncio.ensure_future(slot.discard())
+        self._refill()
+        while True:
+            while self._slots:
+                slot = self._slots.pop(0)
+                if slot.alive:
+                    slot.taken = True
+                    self.taken += 1
+                    self._refill()
+                    return slot
+                asyncio.ensure_future(slot.discard())  # its CLI died while it waited (e.g. memory): never used
+            if not self._filling or self._closed:
+                return None
+            await asyncio.wait(set(self._filling), return_when=asyncio.FIRST_COMPLETED)
+
+    async def close(self) -> None:
+        """Remove every slot no run took (and stop filling). Idempotent."""
+        self._closed = True
+        for task in list(self._filling):
+            task.cancel()
+        await asyncio.gather(*self._filling, return_exceptions=True)
+        slots, self._slots = self._slots, []
+        await asyncio.gather(*(slot.discard() for slot in slots), return_exceptions=True)
+
+
+async def _no_tcp() -> int:
+    raise SandboxError("a warm docker sandbox reaches its broker through the mounted socket only")
+
+
+class WarmRunner:
+    """A warm pool on a loop of its own, so one RLM object's runs share it whatever loop calls them.
+
+    ``RLM.invoke`` runs each call in a fresh event loop, and a sandbox's streams belong
+    to the loop that started them: an RLM object with ``executor.warm`` therefore runs
+    all its runs here, on one private loop thread (events reach ``on_event`` from it).
+    """
+
+    def __init__(self, config: RLMConfig, size: int) -> None:
+        import atexit
+        import threading
+
+        self.pool = WarmPool(config, size)
+        self._started: asyncio.Future[None] | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fsrlm-warm", daemon=True)
+        self._thread.start()
+        self._closed = False
+        atexit.register(self.close)  # a pool never outlives its process
+
+    async def run(self, start):
+        """Await ``start(pool)`` (a coroutine factory) on the pool's loop, from any loop."""
+        if self._closed:
+            raise FsrlmError("this RLM object is closed; make a new one")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._call(start), self.loop))
+
+    async def _call(self, start):
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.pool.start())
+        await asyncio.shield(self._started)
+        return await start(self.pool)
+
+    def close(self) -> None:
+        """Remove the slots no run took and stop the loop. Idempotent; safe at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.close(), self.loop).result(timeout=120)
+        except Exception as e:  # noqa: BLE001 - at exit: say it, `fsrlm gc` reaps what is left
+            logger.warning("closing the warm pool: %s", e)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)

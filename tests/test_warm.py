@@ -1,0 +1,99 @@
+"""Warm pools: sandboxes started ahead of time, each used for exactly one run, none left behind.
+
+Real runs: the real CLI in the hardened Docker sandbox, against the scripted model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from support import log_lines
+
+from fsrlm import RLM
+from fsrlm.errors import FsrlmError
+from fsrlm.executors.base import LABEL_ORCHESTRATOR
+from fsrlm.executors.liveness import orchestrator_id
+from fsrlm.testing.plans import count_label_plan
+from fsrlm.warm import WarmPool
+
+pytestmark = pytest.mark.docker
+
+QUESTION = "How many lines contain ERROR?"
+
+
+def _ours(client) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL_ORCHESTRATOR}={orchestrator_id()}"})
+
+
+def _wait_ready(rlm: RLM, n: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while rlm._warm is None or rlm._warm.pool.ready < n:
+        assert time.monotonic() < deadline, "the pool did not fill"
+        time.sleep(0.1)
+
+
+def test_each_warm_sandbox_serves_exactly_one_run(docker_image, scripted, make_config, docker_client, tmp_path):
+    text, expected = log_lines(600)
+    scripted.plan = count_label_plan(chunk_size=4000)
+    rlm = RLM(make_config({"type": "docker", "warm": 2}, preserve_workspace=False))
+    with rlm:
+        for i in range(3):
+            if i:
+                _wait_ready(rlm, 1)
+            result = rlm.invoke(text, question=QUESTION)
+            assert result.success and result.answer == str(expected), result.errors
+        pool = rlm._warm.pool
+        assert pool.taken == 3  # every run took a slot: none started cold
+        assert pool.made >= 3
+    # one container per run, each gone after its run; the slots no run took are gone after close
+    assert _ours(docker_client) == []
+    assert not list((tmp_path / "runs").iterdir())  # successful runs removed, unused slot folders too
+
+
+def test_a_run_with_another_system_prompt_runs_cold_and_the_pool_follows(docker_image, scripted, make_config):
+    text, expected = log_lines(300)
+    scripted.plan = count_label_plan(chunk_size=4000)
+    with RLM(make_config({"type": "docker", "warm": 1})) as rlm:
+        first = rlm.invoke(text, question=QUESTION)
+        _wait_ready(rlm, 1)
+        other = rlm.invoke(text, question=QUESTION, system="Be terse.")  # the ready slot was started without it
+        pool = rlm._warm.pool
+        assert (first.success, other.success) == (True, True), other.errors
+        assert pool.taken == 2 and pool.system == "Be terse."  # waited for a slot of the new kind
+        roots = [r for r in scripted.requests_of("root") if "Be terse." in str(r.body.get("system"))]
+        assert roots  # the run got its own system prompt, not the stale slot's
+
+
+def test_the_time_limit_counts_from_the_run_not_from_the_slot(docker_image, scripted, make_config):
+    text, expected = log_lines(300)
+    scripted.plan = count_label_plan(chunk_size=4000)
+    with RLM(make_config({"type": "docker", "warm": 1}, timeout_seconds=8)) as rlm:
+        rlm.invoke(text, question=QUESTION)
+        _wait_ready(rlm, 1)
+        time.sleep(10)  # longer than timeout_seconds: the waiting slot must not have been killed
+        result = rlm.invoke(text, question=QUESTION)
+    assert result.success, result.errors
+    assert rlm._warm.pool.taken == 2
+
+
+def test_warm_containers_are_hardened_like_cold_ones(docker_image, scripted, make_config, docker_client):
+    """The settings of a waiting slot's container equal a cold run's, but for its name, labels and run."""
+    with RLM(make_config({"type": "docker", "warm": 1})) as rlm:
+        rlm.invoke("some input", question="q")  # starts the pool
+        _wait_ready(rlm, 1)
+        [warm] = _ours(docker_client)
+        hc = warm.attrs["HostConfig"]
+        assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["CapDrop"] == ["ALL"]
+        assert hc["SecurityOpt"] == ["no-new-privileges"] and hc["Init"] is True and not hc["Privileged"]
+        writable = [m for m in warm.attrs["Mounts"] if m["RW"]]
+        assert [m["Destination"] for m in writable] == ["/workspace"]
+        env = dict(e.split("=", 1) for e in warm.attrs["Config"]["Env"])
+        assert not [k for k in env if k.startswith("AWS_")] and "FSRLM_UPSTREAM_API_KEY" not in env
+        assert env["ANTHROPIC_API_KEY"] == env["FSRLM_BROKER_TOKEN"]  # the run token, never a key
+
+
+def test_a_pool_needs_the_docker_executor(make_config):
+    with pytest.raises(FsrlmError, match="needs the docker executor"):
+        WarmPool(make_config("local"), 1)
