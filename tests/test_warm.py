@@ -6,7 +6,6 @@ Real runs: the real CLI in the hardened Docker sandbox, against the scripted mod
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from support import log_lines
