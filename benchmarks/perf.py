@@ -6,9 +6,13 @@ figures are the machinery's own cost, not a model's. Sections:
   broker   broker overhead per subcall vs calling the model directly; cache-hit throughput
   batch    llm_batch wall time for 100 and 1000 calls at several concurrencies vs the ideal
   chunking chunk_file throughput and peak memory for 1 MB, 100 MB and 1 GB inputs
+  startup  how long `fsrlm --help`, `fsrlm gc`, `fsrlm view --help` and `import fsrlm` take
   runs     per-run overhead of each executor vs the bare CLI on the same script
-  jobs     the DESIGN.md reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms) per executor
+  jobs     the reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms) per executor
   parallel N concurrent runs per executor: throughput and failures
+
+Executors: local, docker, and docker-warm (docker from a warm pool: ``executor.warm``; each timed run
+takes a sandbox the pool started while the previous one ran).
   remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
 Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
@@ -194,10 +198,17 @@ def bench_chunking(sizes_mb: list[int]) -> list[Row]:
 # -- whole runs ----------------------------------------------------------------------
 
 
-def _config(executor: str, url: str, tmp: Path, **extra: Any) -> RLMConfig:
+WARM = "docker-warm"
+
+
+def _executor_table(executor: str, warm: int = 2) -> dict[str, Any]:
+    return {"type": "docker", "warm": warm} if executor == WARM else {"type": executor}
+
+
+def _config(executor: str, url: str, tmp: Path, *, warm: int = 2, **extra: Any) -> RLMConfig:
     return RLMConfig.model_validate({
         "upstream": {"type": "compatible", "base_url": url, "max_retries": 0},
-        "executor": {"type": executor}, "cache_responses": False, "cache_dir": str(tmp / "cache"),
+        "executor": _executor_table(executor, warm), "cache_responses": False, "cache_dir": str(tmp / "cache"),
         "workspace_dir": str(tmp / "runs"), "root_model": "scripted-root", "submodel": "scripted-sub",
         "max_subcalls_per_script": 10_000, "max_total_subcalls": 100_000, "max_budget_usd": None,
         "subcall_concurrency": 16, **extra,
@@ -226,13 +237,14 @@ def bench_runs(executors: list[str], reps: int) -> list[Row]:
         bare = statistics.median(_bare_cli(model.url, tmp_path) for _ in range(reps))
         rows.append({"executor": "bare CLI (no fsRLM)", "median_s": round(bare, 3), "overhead_s": 0.0})
         for executor in executors:
-            rlm = RLM(_config(executor, model.url, tmp_path))
-            rlm.invoke("input", question="q")  # warm up (image, caches)
-            times = []
-            for _ in range(reps):
-                result = rlm.invoke("input", question="q")
-                assert result.success, result.errors
-                times.append(result.metrics.wall_seconds)
+            with RLM(_config(executor, model.url, tmp_path)) as rlm:
+                rlm.invoke("input", question="q")  # warm up (image, caches)
+                times = []
+                for _ in range(reps):
+                    _pool_ready(rlm)
+                    result = rlm.invoke("input", question="q")
+                    assert result.success, result.errors
+                    times.append(result.metrics.wall_seconds)
             median = statistics.median(times)
             rows.append({"executor": executor, "median_s": round(median, 3), "overhead_s": round(median - bare, 3)})
     return rows
@@ -250,9 +262,10 @@ def bench_jobs(executors: list[str]) -> list[Row]:
         with ScriptedModelServer(count_label_plan(chunk_size=chunk_size), subcall_latency_ms=latency) as model, \
                 tempfile.TemporaryDirectory() as tmp:
             for executor in executors:
-                rlm = RLM(_config(executor, model.url, Path(tmp)))
-                rlm.invoke(text, question="How many records are ERROR?")  # warm up
-                result = rlm.invoke(text, question="How many records are ERROR?")
+                with RLM(_config(executor, model.url, Path(tmp))) as rlm:
+                    rlm.invoke(text, question="How many records are ERROR?")  # warm up
+                    _pool_ready(rlm)
+                    result = rlm.invoke(text, question="How many records are ERROR?")
                 ideal = math.ceil(result.metrics.subcalls / 16) * latency / 1000
                 rows.append({"job": f"{records} records, {result.metrics.subcalls} chunks, {latency} ms",
                              "executor": executor, "wall_s": result.metrics.wall_seconds,
@@ -273,12 +286,24 @@ def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
     rows: list[Row] = []
     with ScriptedModelServer(bash_plan("mkdir -p output && echo hi > output/answer.md")) as model, tempfile.TemporaryDirectory() as tmp:
         for executor in executors:
-            rlm = RLM(_config(executor, model.url, Path(tmp)))
             for n in counts:
-                wall, failures = asyncio.run(_parallel(rlm, n))
+                with RLM(_config(executor, model.url, Path(tmp), warm=n)) as rlm:
+                    if executor == WARM:
+                        rlm.invoke("warm-up", question="q")  # starts the pool
+                        _pool_ready(rlm, n, seconds=300)
+                    wall, failures = asyncio.run(_parallel(rlm, n))
                 rows.append({"executor": executor, "concurrent_runs": n, "wall_s": round(wall, 2),
                              "runs_per_s": round(n / wall, 2), "failures": failures})
     return rows
+
+
+def _pool_ready(rlm: RLM, n: int = 1, seconds: float = 120) -> None:
+    """For docker-warm: wait until the pool holds ``n`` started sandboxes (what a warm run finds)."""
+    if rlm._warm is None:
+        return
+    deadline = time.monotonic() + seconds
+    while rlm._warm.pool.ready < n and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # -- output --------------------------------------------------------------------------
@@ -297,7 +322,7 @@ def print_table(title: str, rows: list[Row]) -> None:
         print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + " |")
 
 
-SECTIONS = ("broker", "batch", "chunking", "runs", "jobs", "parallel", "remote")
+SECTIONS = ("startup", "broker", "batch", "chunking", "runs", "jobs", "parallel", "remote")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
 
     results: dict[str, list[Row]] = {}
+    if "startup" in only:
+        from fsrlm.benchmarks.startup import bench_startup
+
+        results["command-line start-up (target <= 0.3 s)"] = bench_startup(5 if quick else 11)
     if "broker" in only:
         results["broker overhead (scripted model at 0 ms)"] = asyncio.run(bench_broker(100 if quick else 500))
     if "batch" in only:
@@ -362,7 +391,7 @@ def _default_executors() -> list[str]:
         import docker
 
         docker.from_env().ping()
-        return ["local", "docker"]
+        return ["local", "docker", WARM]
     except Exception:
         print("(Docker engine not reachable: benchmarking the local executor only)", file=sys.stderr)
         return ["local"]
