@@ -46,13 +46,17 @@ def writable(path):
         return True
     except OSError:
         return False
-def get(headers):
+def get(headers, tries=100):
     req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, None
+    except urllib.error.URLError as e:  # the relay starts beside the agent: give it a moment
+        if isinstance(e.reason, ConnectionRefusedError) and tries:
+            import time; time.sleep(0.05); return get(headers, tries - 1)
+        raise
 prompt = "/workspace/input/prompt.md"
 print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),

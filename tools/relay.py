@@ -172,6 +172,13 @@ async def _main_async(host: str, port: int, unix_path: str) -> None:
         await task
 
 
+def _stop(pid: int | None) -> None:
+    """The agent started beside the relay cannot reach the broker: stop it rather than let it retry for minutes."""
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``relay.py --listen HOST:PORT (--unix PATH | --tunnel-stdio [--ready-file PATH])``."""
     parser = argparse.ArgumentParser(description="Pipe loopback TCP connections to a unix socket.")
@@ -182,7 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--tunnel-stdio", action="store_true",
                         help="carry the connections over stdin/stdout instead (framed; see the docstring)")
     parser.add_argument("--ready-file", help="with --tunnel-stdio: create this file once listening")
-    args = parser.parse_args(argv)
+    parser.add_argument("--stop-on-failure", type=int, metavar="PID",
+                        help="if the relay cannot listen, kill PID (the agent started beside it) after saying why")
+    # The pid to stop is read first, on its own: it must be stopped even when the other arguments are bad.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stop-on-failure", type=int)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        _stop(known.stop_on_failure)
+        raise
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     host, port = args.listen
     try:
@@ -191,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(_main_async(host, port, args.unix))
     except OSError as exc:
-        print(f"relay: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        print(f"relay: cannot listen on {host}:{port}: {exc}; the agent cannot reach the broker", file=sys.stderr,
+              flush=True)
+        _stop(args.stop_on_failure)
         return 1
     return 0
 

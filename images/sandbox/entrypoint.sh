@@ -1,7 +1,7 @@
 #!/bin/bash
 # Sandbox entrypoint: start the in-sandbox relay (container loopback :8080 ->
-# the broker's unix socket bind-mounted from the host), wait until it is
-# listening, then exec the command (the Claude Code CLI, or a test command).
+# the broker's unix socket bind-mounted from the host) and exec the command (the
+# Claude Code CLI, or a test command) at once, beside it.
 #
 # The relay's own output goes to the container's stderr, never to stdout:
 # stdout carries the CLI's JSON stream.
@@ -13,7 +13,7 @@
 #
 # Environment: FSRLM_BROKER_SOCKET (default /run/fsrlm/broker.sock),
 #              FSRLM_RELAY_LISTEN (default 127.0.0.1:8080),
-#              FSRLM_RELAY_TIMEOUT seconds to wait for the relay (default 10),
+#              FSRLM_RELAY_TIMEOUT seconds to wait for the tunnel (tunnel mode; default 10),
 #              FSRLM_RELAY_MODE=unix (default) or tunnel,
 #              FSRLM_TUNNEL_READY the tunnel's ready file (default /tmp/.fsrlm-tunnel-ready),
 #              FSRLM_RELAY=0 to skip the relay entirely.
@@ -46,37 +46,11 @@ if [ "${FSRLM_RELAY_MODE:-unix}" = "tunnel" ]; then
     exec "$@"
 fi
 
-fifo="$(mktemp -u /tmp/.fsrlm-relay.XXXXXXXX)" || fail "cannot make a temp name in /tmp"
-mkfifo -m 600 "$fifo" || fail "cannot create a fifo in /tmp (is /tmp writable?)"
-
-# -I: isolated mode, so PYTHONPATH=/workspace/tools cannot shadow the relay's imports.
-python3 -I -u /opt/fsrlm/relay.py --listen "$listen" --unix "$socket" </dev/null >"$fifo" 2>&1 &
-relay_pid=$!
-
-exec 3<"$fifo"
-rm -f "$fifo"
-
-ready=0
-deadline=$((SECONDS + timeout))
-while [ "$SECONDS" -lt "$deadline" ]; do
-    if IFS= read -r -t 1 line <&3; then
-        printf '%s\n' "$line" >&2
-        case "$line" in
-            *"relay ready"*) ready=1; break ;;
-        esac
-    elif [ "$?" -le 128 ]; then
-        break  # end of file: the relay exited
-    fi
-done
-
-if [ "$ready" -ne 1 ]; then
-    kill "$relay_pid" 2>/dev/null
-    wait "$relay_pid" 2>/dev/null
-    fail "the relay did not become ready within ${timeout}s (socket $socket)"
-fi
-
-# Keep forwarding whatever the relay says later, so it never blocks on a full pipe.
-cat <&3 >&2 &
-exec 3<&-
+# The relay starts beside the command rather than before it: the CLI takes longer to start than the
+# relay, makes no request before its first message, and retries a refused connection anyway. So no
+# time is spent waiting here; if the relay cannot listen at all, it stops the command ($$ becomes the
+# command's pid at exec) and says why on stderr.
+# -I: isolated mode, so PYTHONPATH=/workspace/tools cannot shadow the relay's imports; -S: no site.
+python3 -I -S -u /opt/fsrlm/relay.py --listen "$listen" --unix "$socket" --stop-on-failure "$$" </dev/null >&2 &
 
 exec "$@"

@@ -115,13 +115,17 @@ async def test_stdin_round_trip(backend: Backend, make_spec, run_to_end) -> None
 
 PROBE = r"""
 import json, os, urllib.request, urllib.error
-def get(headers):
+def get(headers, tries=100):
     req = urllib.request.Request(os.environ["FSRLM_BROKER_URL"] + "/fsrlm/v1/health", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code
+    except urllib.error.URLError as e:  # the relay starts beside the agent: give it a moment
+        if isinstance(e.reason, ConnectionRefusedError) and tries:
+            import time; time.sleep(0.05); return get(headers, tries - 1)
+        raise
 ws = os.environ["FSRLM_WORKSPACE"]
 with open(os.path.join(ws, "output", "probe.txt"), "w") as f:
     f.write("written by the agent\n")

@@ -136,11 +136,14 @@ def test_image_contents(docker_image: str, docker_client) -> None:
 
 
 @pytest.mark.docker
-def test_entrypoint_fails_clearly_when_the_relay_cannot_start(docker_image: str, docker_client) -> None:
-    code, out = _run(docker_client, docker_image, ["true"], environment={"FSRLM_RELAY_LISTEN": "127.0.0.1:notaport"},
-                     read_only=True, tmpfs={"/tmp": "size=16m"})
-    assert code == 70
-    assert "relay did not become ready" in out
+@pytest.mark.parametrize("listen", ["127.0.0.1:notaport", "no-such-host.invalid:8080"], ids=["bad-address", "cannot-listen"])
+def test_entrypoint_stops_the_agent_when_the_relay_cannot_start(docker_image: str, docker_client, listen) -> None:
+    """The relay starts beside the agent; if it cannot listen, it says why and stops the agent at once."""
+    started = time.monotonic()
+    code, out = _run(docker_client, docker_image, ["sleep", "60"], environment={"FSRLM_RELAY_LISTEN": listen},
+                     read_only=True, tmpfs={"/tmp": "size=16m"}, init=True)  # as the sandbox runs (pid 1 is init)
+    assert code == 137 and time.monotonic() - started < 30  # killed, not left to wait for a broker
+    assert "relay" in out and ("cannot listen" in out or "--listen needs HOST:PORT" in out)
 
 
 @pytest.mark.docker

@@ -157,13 +157,33 @@ def test_connection_refused_message(monkeypatch: pytest.MonkeyPatch) -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("FSRLM_BROKER_URL", url)
+    monkeypatch.setattr(lc, "REFUSED_GRACE_S", 0.3)
+    started = time.monotonic()
     with pytest.raises(lc.LLMError) as info:
         lc.llm_query("x")
+    assert 0.3 <= time.monotonic() - started < 5  # refused connections were tried again for the grace period
     assert "not reachable" in str(info.value) and url in str(info.value)
     assert info.value.status is None and info.value.error_type == "connection_error"
     monkeypatch.delenv("FSRLM_BROKER_URL")
     with pytest.raises(lc.LLMError, match="FSRLM_BROKER_URL is not set"):
         lc.llm_query("x")
+
+
+def test_a_relay_that_starts_late_is_waited_for(broker: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a sandbox the relay starts beside the agent: a refused first connection is not an error."""
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FSRLM_BROKER_URL", f"http://127.0.0.1:{port}")
+
+    def late_relay() -> None:  # the broker starts listening on that port too, half a second late
+        time.sleep(0.5)
+        asyncio.run_coroutine_threadsafe(web.TCPSite(broker.runner, "127.0.0.1", port).start(), broker.loop).result(5)
+
+    threading.Thread(target=late_relay, daemon=True).start()
+    assert lc.llm_query("ECHO: late") == "echo:ECHO: late"
 
 
 def test_batch_keeps_input_order(broker: FakeBroker) -> None:

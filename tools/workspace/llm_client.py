@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -103,6 +104,22 @@ _SCRIPT_HEADER = (SCRIPT_NAME if SCRIPT_NAME.isascii() and SCRIPT_NAME.isprintab
                   else urllib.parse.quote(SCRIPT_NAME, safe="/<>"))  # header values must be ASCII
 
 
+REFUSED_GRACE_S = 5.0  # a sandbox's relay starts beside the agent: it may refuse for its first moments
+
+
+def _open(req: urllib.request.Request) -> bytes:
+    """Send ``req``; a refused connection (nothing was sent) is tried again for a few seconds."""
+    deadline = time.monotonic() + REFUSED_GRACE_S
+    while True:
+        try:
+            with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
+                return resp.read()
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """Send one request to the broker and return its JSON answer, or raise LLMError."""
     base = os.environ.get("FSRLM_BROKER_URL", "").rstrip("/")
@@ -120,8 +137,7 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
         headers["content-type"] = "application/json"
     req = urllib.request.Request(base + route, data=data, headers=headers, method=method)
     try:
-        with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
-            raw = resp.read()
+        raw = _open(req)
     except urllib.error.HTTPError as exc:
         raise _from_http_error(exc) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, timeout…
