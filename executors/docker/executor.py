@@ -77,7 +77,7 @@ class DockerExecutor(Executor):
         shared_cli = cli_binary() if self.config.share_cli and self.config.image is None else None
         return ContainerSandbox(
             self._engine, self.config, spec, self._image, user=user, shared_cli=shared_cli,
-            workspace=BindMount(self._engine, spec, user), channel=MountedSocket(self._engine, spec, user),
+            workspace=BindMount(self._engine, spec, user, runtime=self.config.runtime), channel=MountedSocket(self._engine, spec, user),
         )
 
     async def gc(self, older_than_seconds: float = 0.0) -> list[str]:
