@@ -49,11 +49,25 @@ _REJECTABLE = (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENO
 
 
 def stays_inside(name: str, target: str) -> bool:
-    """Whether a symlink at ``name`` (relative to the root) pointing to ``target`` resolves inside the root."""
+    """Whether a symlink at ``name`` (relative to the root) pointing to ``target`` resolves inside the root.
+
+    Only ``..`` at the start of ``target`` is accepted, at most as many as ``name`` is deep:
+    a ``..`` after another name may climb out of a link (``d0/l -> ..`` then
+    ``d1/l -> ../d0/l/..`` is the root's parent), which no check of the text can see.
+    With that rule every accepted link resolves inside, whatever the other links are:
+    its folder is a real one (entries are never written through a link), the leading
+    ``..`` stay below the root, and each name after them is a folder or an accepted link.
+    """
     if not target or target.startswith("/") or "\0" in target:
         return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    return resolved != ".." and not resolved.startswith("../")
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        return False
+    depth = len([p for p in posixpath.dirname(name).split("/") if p not in ("", ".")])
+    return ups <= depth
 
 
 # -- packing -------------------------------------------------------------------------
