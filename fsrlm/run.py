@@ -45,6 +45,7 @@ from fsrlm.resume import (
     stored_result,
 )
 from fsrlm.runstate import RunState, RunStateStore
+from fsrlm.session import drop_saved_system_prompts
 from fsrlm.warm import WarmPool, WarmSlot
 from fsrlm.workspace import INLINE_LIMIT, Workspace
 
@@ -187,6 +188,9 @@ async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | Non
         return stored_result(plan)
     executor = await preflight(plan.config)
     state = plan.state
+    # The system prompt is the host's record (state.system); the CLI would rather take the copy it saved in
+    # its transcript, which the agent could rewrite: remove that copy first (session.py).
+    drop_saved_system_prompts(plan.workspace.root, state.session_id)
     return await _execute(plan.config, executor, plan.workspace, RESUME_MESSAGE, system=state.system,
                           depth=state.depth, shared=state.shared_ledger(), on_event=on_event, resume=state)
 
