@@ -138,7 +138,8 @@ class VolumeArchive(WorkspaceTransfer):
     async def created(self, container_id: str) -> None:
         if self._packer is not None:  # the volume outlives a second agent container: copy once
             return
-        packer = WorkspacePacker(self.spec.workspace, uid=self.user[0], gid=self.user[1])
+        packer = WorkspacePacker(self.spec.workspace, uid=self.user[0], gid=self.user[1],
+                                 expect=self.spec.workspace_id)
         start = time.monotonic()
         with docker_errors("copy the workspace to the sandbox", self.engine.ref):
             ok = await asyncio.to_thread(self.engine.api.put_archive, container_id, hardening.WORKSPACE,

@@ -211,3 +211,119 @@ def test_resume_takes_the_system_prompt_from_the_host_record(scripted, make_conf
     assert systems and all("ORIGINAL-SYSTEM" in s and "INJECTED" not in s for s in systems)
     resumed_calls = scripted.requests_of("root")[before:]
     assert len(resumed_calls[0].body["messages"]) > 3  # the same conversation, continued
+
+
+VIEWER_TRAPS = """
+import hashlib, json, shutil
+from llm_client import llm_query
+llm_query("ECHO: a real subcall")
+os.remove("output/answer.md") if os.path.exists("output/answer.md") else None
+os.symlink(HOST_FILE, "output/answer.md")
+shutil.rmtree("scratch/scripts")
+os.symlink(HOST_DIR, "scratch/scripts")             # a folder of .py files on the host
+os.symlink(HOST_RUNS, "nested")                     # host run folders, offered as nested runs
+key = "ab" * 32
+audit = open("state/subcalls.jsonl").read()          # the host's file: replaced by the agent's own
+os.remove("state/subcalls.jsonl")
+with open("state/subcalls.jsonl", "w") as fh:        # plus a record whose cached answer is a host file
+    fh.write(audit + json.dumps({"ts": 1, "kind": "subcall", "script": "x.py", "model": "m", "status": "cached",
+                         "cache_key": key}) + "\\n")
+os.symlink(HOST_CACHE_ENTRY, f"cache/llm/{key}.json")
+os.symlink(HOST_FILE, "input/question.md.link")
+F["planted"] = True
+save()
+"""
+
+
+async def _viewer_pages(path: Path, pages: list[str]) -> dict[str, tuple[int, str]]:
+    client = TestClient(TestServer(create_app(ViewerSettings(path=path))))
+    await client.start_server()
+    try:
+        out = {}
+        for page in pages:
+            response = await client.get(page)
+            out[page] = (response.status, await response.text())
+        return out
+    finally:
+        await client.close()
+
+
+def test_the_viewer_shows_nothing_through_planted_links(attack_run, finding, tmp_path):
+    f = finding(
+        "host filesystem", "read host files through the viewer",
+        tried="the agent replaces output/answer.md by a link to a host file, scratch/scripts/ by a link to a host "
+              "folder of .py files, `nested` by a link to a folder of host run folders, and adds an audit record "
+              "whose cached answer (cache/llm/<key>.json) is a link to a host file; then `fsrlm view` on the run "
+              "folder and on its parent",
+        expected="no page or API answer holds host content; the planted nested runs are not served",
+    )
+    host_dir = tmp_path / "host-scripts"
+    host_dir.mkdir()
+    (host_dir / "secret.py").write_text(f"TOKEN = {SECRET!r}\n")
+    host_file = tmp_path / "host-secret.md"
+    host_file.write_text(SECRET)
+    host_runs = tmp_path / "host-runs"
+    (host_runs / "victim" / "state").mkdir(parents=True)
+    (host_runs / "victim" / "output").mkdir()
+    (host_runs / "victim" / "state" / "job.json").write_text(json.dumps({"run_id": "victim"}))
+    (host_runs / "victim" / "output" / "answer.md").write_text(SECRET)
+    cache_entry = tmp_path / "entry.json"
+    cache_entry.write_text(json.dumps({"text": SECRET, "model": "m", "input_tokens": 1, "output_tokens": 1}))
+    script = (f"HOST_DIR = {str(host_dir)!r}\nHOST_FILE = {str(host_file)!r}\nHOST_RUNS = {str(host_runs)!r}\n"
+              f"HOST_CACHE_ENTRY = {str(cache_entry)!r}\n" + VIEWER_TRAPS)
+    run = attack_run(script)
+    assert run.findings.get("planted"), run.findings
+    ws = run.workspace
+    pages = ["/", "/api/runs", "/api/run", "/nested/victim/api/run", "/nested/victim/"]
+    single = asyncio.run(_viewer_pages(ws, pages))
+    folder = asyncio.run(_viewer_pages(ws.parent, ["/api/runs", f"/run/{ws.name}/api/run",
+                                                   f"/run/{ws.name}/nested/victim/api/run"]))
+    leaks = [page for page, (_, body) in {**single, **folder}.items() if SECRET in body]
+    snap = json.loads(single["/api/run"][1])
+    f.observed = (f"pages holding host content: {leaks or 'none'}; answer {snap.get('answer')!r}, scripts "
+                  f"{[s['path'] for s in snap['scripts']]}, nested {snap['nested']}, planted nested run: HTTP "
+                  f"{single['/nested/victim/api/run'][0]}")
+    assert leaks == []
+    assert snap.get("answer") is None and snap["scripts"] == [] and snap["nested"] == []
+    assert single["/nested/victim/api/run"][0] == 404 and folder[f"/run/{ws.name}/nested/victim/api/run"][0] == 404
+
+
+GC_BAIT = """
+import socket
+os.symlink(HOST_DIR, "scratch/fsrlm-broker-bait")       # named like the folders gc removes
+os.symlink(HOST_DIR, ".agent/local")
+s = socket.socket(socket.AF_UNIX)
+s.bind("scratch/broker.sock")                           # a dead socket, as a crashed broker leaves
+F["planted"] = True
+save()
+from llm_client import write_answer
+write_answer("planted")
+"""
+
+
+def test_gc_touches_nothing_the_agent_planted(attack_run, finding, tmp_path):
+    import subprocess
+    import sys
+
+    f = finding(
+        "host filesystem", "make `fsrlm gc` remove host files",
+        tried="the agent plants, in its workspace, links to a host folder named like the broker socket folders "
+              "and local-run records that gc removes, and a dead unix socket; then `fsrlm gc`",
+        expected="gc looks only at labelled containers and volumes and the broker's own socket folders (none of "
+                 "them writable by a sandbox): the host folder, the workspace and the links are left as they were",
+    )
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "keep.txt").write_text(SECRET)
+    run = attack_run(f"HOST_DIR = {str(host_dir)!r}\n" + GC_BAIT)
+    assert run.result.success, run.result.errors
+    before = sorted(str(p.relative_to(run.workspace)) for p in run.workspace.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "fsrlm.cli.main", "gc", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    removed = json.loads(proc.stdout)["removed"]
+    after = sorted(str(p.relative_to(run.workspace)) for p in run.workspace.rglob("*"))
+    f.observed = (f"gc removed {len(removed)} item(s), none of this run's; workspace unchanged: {before == after}; "
+                  f"host folder: {sorted(p.name for p in host_dir.iterdir())}")
+    assert not [r for r in removed if run.result.run_id in r or str(tmp_path) in r], removed
+    assert before == after and [p.name for p in host_dir.iterdir()] == ["keep.txt"]
