@@ -25,16 +25,6 @@ pytestmark = pytest.mark.docker
 SECRET = "HOST-SECRET-5e2b-never-shown"
 
 
-@pytest.fixture
-def remote_docker(remote_docker_host, monkeypatch):
-    """Point the remote-docker executor at the second daemon (a "remote host" on loopback)."""
-    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in remote_docker_host.env.items():
-        monkeypatch.setenv(name, value)
-    return remote_docker_host
-
-
 def _links_out(root: Path) -> list[str]:
     """Symlinks under ``root`` whose target, resolved on the host, lies outside it."""
     real = os.path.realpath(root)
