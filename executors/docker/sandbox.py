@@ -88,12 +88,13 @@ class ContainerSandbox(Sandbox):
     async def start_agent(self, argv: list[str]) -> DockerAgentProcess:
         if self._closed:
             raise SandboxError("This sandbox is closed; prepare a new one.")
+        environment = agent_environment(self._spec.agent, self.places)
         if not self._prepared:
             await self.workspace.prepare()
             await self.channel.prepare()
             self._prepared = True
         # After prepare (which may hand the folder to the sandbox's uid): the transfer checks what it mounts.
-        environment = {**agent_environment(self._spec.agent, self.places), **self.workspace.environment()}
+        environment.update(self.workspace.environment())
         options = hardening.container_options(
             self._config, image=self._image, command=[self.cli_path, *argv], environment=environment,
             run_id=self.run_id, user=self._user, cli_binary=self._shared_cli,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsrlm.executors.docker.executor import sandbox_user
+from fsrlm.executors.docker.handback import sandbox_user
 
 pytestmark = pytest.mark.docker
 
