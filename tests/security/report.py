@@ -32,7 +32,7 @@ BEGIN = "<!-- BEGIN GENERATED TABLE: `make security` rewrites everything up to t
 END = "<!-- END GENERATED TABLE -->"
 
 AREAS = [
-    "network", "credentials", "host filesystem", "privileges", "resources", "broker",
+    "network", "credentials", "host filesystem", "terminal", "privileges", "resources", "broker",
     "remote executor", "upstream faults", "crash and infrastructure faults", "bad input",
 ]
 

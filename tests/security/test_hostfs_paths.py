@@ -143,7 +143,7 @@ def test_handing_the_workspace_back_survives_any_tree(attack_run, finding, tmp_p
     f = finding(
         "host filesystem", "hand a run folder back, shaped to resist",
         tried="with the orchestrator's open-file limit at a common 1024, the agent makes 1500 sibling folders, a "
-              "3000-deep chain, a locked folder and links to host files; at the end the host gives the tree back "
+              "1500-deep chain, a locked folder and links to host files; at the end the host gives the tree back "
               "to its own uid (chown without following links)",
         expected="every entry of the run folder is the orchestrator's again; the links' targets keep their owner; "
                  "the run ends cleanly",

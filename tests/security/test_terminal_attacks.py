@@ -55,7 +55,7 @@ def _run_on_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 18
 
 def test_agent_text_on_the_terminal_has_no_control_sequences(scripted, tmp_path, finding):
     f = finding(
-        "host filesystem", "escape sequences from the agent on the user's terminal",
+        "terminal", "escape sequences from the agent on the user's terminal",
         tried="`fsrlm run` on a pseudo-terminal (the live panel); the agent asks for a Bash command (shown in the "
               "panel; the CLI itself refuses to run it) that carries clear-screen, window-title and clipboard (OSC 52) sequences, a C1 CSI, a bidi "
               "override and a carriage return, and writes an answer made of them",
