@@ -23,6 +23,7 @@ from fsrlm.executors.contract import AgentContract
 from pydantic import BaseModel, ConfigDict
 
 from fsrlm.broker.endpoint import BrokerEndpoint
+from fsrlm.safe_fs import DirIdentity
 
 # Label put on every container, volume and socket a run creates, so that
 # ``fsrlm gc`` can find leftovers of a crashed orchestrator.
@@ -38,6 +39,8 @@ class SandboxSpec(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     workspace: Path  # the run folder on the host
+    # Device and inode of the run folder the host created: what the sandbox must mount (None: as found at prepare).
+    workspace_id: DirIdentity | None = None
     broker: BrokerEndpoint
     agent: AgentContract  # the run's side of the sandbox contract (token, depth, API mode)
     timeout_seconds: float

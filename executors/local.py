@@ -29,7 +29,8 @@ from fsrlm.executors.bundled_cli import bundled_cli
 from fsrlm.executors.configs import LocalExecutorConfig
 from fsrlm.executors.contract import SandboxPlaces, agent_environment
 
-from fsrlm.errors import ExecutorUnavailable, SandboxError
+from fsrlm.errors import ExecutorUnavailable, SandboxError, WorkspaceError
+from fsrlm.safe_fs import check_identity, make_dirs_beneath
 
 STDOUT_LINE_LIMIT = 64 * 1024 * 1024
 # Host variables that are safe and useful to keep; everything else is dropped.
@@ -164,7 +165,14 @@ class LocalSandbox(Sandbox):
             raise SandboxError("This sandbox is closed; prepare a new one.")
         inherited = {k: os.environ[k] for k in _KEEP if k in os.environ}
         env = agent_environment(self.spec.agent, self.places, inherited)
-        Path(self.places.home).mkdir(parents=True, exist_ok=True)
+        try:
+            # The local agent could reach any folder anyway; still, the host follows no link it planted
+            # (.agent may be one after a first run) and starts in the folder it created, nowhere else.
+            if self.spec.workspace_id is not None:
+                check_identity(self.spec.workspace, self.spec.workspace_id)
+            make_dirs_beneath(self.spec.workspace, ".agent/home", 0o700)
+        except (OSError, WorkspaceError) as e:
+            raise SandboxError(f"Cannot start the agent in {self.places.workspace}: {e}") from None
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.cli_path, *argv, cwd=self.places.workspace, env=env,

@@ -75,6 +75,21 @@ class RunMetrics(BaseModel):
         return m
 
 
+class NestedRun(BaseModel):
+    """A run started by ``rlm_query``; its folder is in ``<workspace_path>.nested/``."""
+
+    run_id: str
+    success: bool
+    stop_reason: StopReason
+    workspace_path: Path | None = None
+    nested: list[NestedRun] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: RLMResult) -> NestedRun:
+        return cls(run_id=result.run_id, success=result.success, stop_reason=result.stop_reason,
+                   workspace_path=result.workspace_path, nested=result.nested)
+
+
 class RLMResult(BaseModel):
     answer: str | None
     success: bool
@@ -85,6 +100,16 @@ class RLMResult(BaseModel):
     workspace_path: Path | None = None
     run_id: str
     session_id: str | None = None
+    nested: list[NestedRun] = Field(default_factory=list)  # runs started by rlm_query, in call order
+
+    def forget_workspaces(self) -> None:
+        """The run folder (and with it the nested ones) was removed: point to none of them."""
+        self.workspace_path = None
+        stack = list(self.nested)
+        while stack:
+            child = stack.pop()
+            child.workspace_path = None
+            stack.extend(child.nested)
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of the command line."""

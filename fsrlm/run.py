@@ -36,7 +36,7 @@ from fsrlm.executors.base import Sandbox, SandboxSpec
 from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
 from fsrlm.prompts import InputSummary, first_message
-from fsrlm.results import RLMResult, RunMetrics, StopReason
+from fsrlm.results import NestedRun, RLMResult, RunMetrics, StopReason
 from fsrlm.resume import (
     RESUME_MESSAGE,
     ResumePlan,
@@ -45,6 +45,7 @@ from fsrlm.resume import (
     stored_result,
 )
 from fsrlm.runstate import RunState, RunStateStore
+from fsrlm.session import drop_saved_system_prompts
 from fsrlm.warm import WarmPool, WarmSlot
 from fsrlm.workspace import INLINE_LIMIT, Workspace
 
@@ -103,16 +104,21 @@ def limits_of(config: RLMConfig) -> RunLimits:
     )
 
 
-def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent,
+def _prepare_workspace(config: RLMConfig, inp: RunInput, run_id: str, parent: Workspace | None,
                        ws: Workspace | None = None) -> tuple[Workspace, InputSummary]:
-    """Write the input into the run folder (``ws``: one a warm slot made ahead of time; else a new one)."""
-    ws = ws or Workspace.create(run_id, parent)
+    """Write the input into the run folder (``ws``: one a warm slot made ahead of time; else a new one).
+
+    A nested run's folder (``parent``: the run it is nested in) goes beside its parent's, where no
+    sandbox can write (workspace.py).
+    """
+    if ws is None:
+        ws = parent.create_nested(run_id) if parent is not None else Workspace.create(run_id, config.workspace_dir)
     try:
         question = inp.question
         if inp.messages is not None:
             last_user = ws.write_messages(list(inp.messages))
             question = question or last_user
-            size = (ws.root / "input" / "prompt.md").stat().st_size
+            size = ws.input_bytes
         else:
             size = ws.write_prompt(inp.prompt)
         if size == 0:
@@ -147,7 +153,7 @@ async def run_rlm(
     *,
     depth: int = 0,
     shared: SharedLedger | None = None,
-    parent_dir=None,
+    parent: Workspace | None = None,
     on_event: Subscriber | None = None,
     pool: WarmPool | None = None,
 ) -> RLMResult:
@@ -159,7 +165,7 @@ async def run_rlm(
     else:  # checked when the pool started; the slot is this run's executor, run id and run folder
         executor, run_id, ws = slot, slot.run_id, slot.workspace
     try:
-        ws, summary = _prepare_workspace(config, inp, run_id, parent_dir or config.workspace_dir, ws)
+        ws, summary = _prepare_workspace(config, inp, run_id, parent, ws)
     except BaseException:
         if slot is not None:
             await slot.discard()
@@ -182,6 +188,9 @@ async def resume_rlm(config: RLMConfig, workspace, *, on_event: Subscriber | Non
         return stored_result(plan)
     executor = await preflight(plan.config)
     state = plan.state
+    # The system prompt is the host's record (state.system); the CLI would rather take the copy it saved in
+    # its transcript, which the agent could rewrite: remove that copy first (session.py).
+    drop_saved_system_prompts(plan.workspace.root, state.session_id)
     return await _execute(plan.config, executor, plan.workspace, RESUME_MESSAGE, system=state.system,
                           depth=state.depth, shared=state.shared_ledger(), on_event=on_event, resume=state)
 
@@ -194,6 +203,7 @@ class _Outcome:
         self.errors: list[str] = []
         self.turns = 0
         self.session_id = session_id
+        self.nested: list[NestedRun] = []  # runs started by rlm_query, in <run>.nested/
 
     def fail(self, stop: StopReason, message: str) -> None:
         self.stop = stop
@@ -230,8 +240,9 @@ async def _execute(
     async def nested(prompt: str, context: str) -> dict[str, Any]:
         child = await run_rlm(
             config, RunInput(prompt=context or prompt, question=prompt),
-            depth=depth + 1, shared=shared, parent_dir=ws.root / "nested", on_event=on_event,
+            depth=depth + 1, shared=shared, parent=ws, on_event=on_event,
         )
+        outcome.nested.append(NestedRun.of(child))
         return {"answer": child.answer or "", "success": child.success, "run_id": child.run_id,
                 "stop_reason": child.stop_reason}
 
@@ -264,7 +275,7 @@ async def _execute(
         try:
             endpoint = await broker.start()
             stack.push_async_callback(broker.stop)
-            spec = SandboxSpec(workspace=ws.root, broker=endpoint, agent=agent,
+            spec = SandboxSpec(workspace=ws.root, workspace_id=ws.identity, broker=endpoint, agent=agent,
                                timeout_seconds=config.timeout_seconds)
             sandbox = await stack.enter_async_context(_opened(executor, spec, outcome))
             await _drive_agent(sandbox, argv, prompt, config.timeout_seconds, events, outcome, record_state)
@@ -357,12 +368,12 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
     result = RLMResult(
         answer=answer.strip() if answer else None, success=success, stop_reason=stop, metrics=metrics,
         errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=ws.run_id,
-        session_id=outcome.session_id,
+        session_id=outcome.session_id, nested=outcome.nested,
     )
     events.emit("result", data=result.summary())
     if success and not config.preserve_workspace and depth == 0:
-        ws.remove()
-        result.workspace_path = None
+        ws.remove()  # and the runs nested under it
+        result.forget_workspaces()
     return result
 
 

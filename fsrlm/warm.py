@@ -168,7 +168,7 @@ class WarmPool:
         try:
             agent = AgentContract(run_id=run_id, token=token, subcall_concurrency=config.subcall_concurrency,
                                   api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
-            spec = SandboxSpec(workspace=workspace.root, broker=BrokerEndpoint(unix_socket=socket.path,
+            spec = SandboxSpec(workspace=workspace.root, workspace_id=workspace.identity, broker=BrokerEndpoint(unix_socket=socket.path,
                                                                              open_tcp=_no_tcp),
                                agent=agent, timeout_seconds=0)  # armed when a run takes the slot
             sandbox = await self._executor.prepare(spec)

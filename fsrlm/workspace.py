@@ -3,6 +3,15 @@
 A user-given ``workspace_dir`` is a *parent*: each run gets its own subfolder
 and nothing that was there before is touched. Input is streamed to disk, so a
 1 GB input is never held in memory twice.
+
+Where run folders go: ``<parent>/<run id>/`` is the workspace (the sandbox can
+write all of it); the runs nested under it (``rlm_query``) go to
+``<parent>/<run id>.nested/<child id>/``, a private folder beside it that no
+sandbox can reach, so a sandbox can never choose where the host creates one.
+Without ``workspace_dir``, ``<parent>`` is a private temp folder of its own.
+The host creates and fills a run folder only through directory descriptors
+(``fsrlm.safe_fs``) and remembers its identity (device and inode), which the
+executors check before the agent starts.
 """
 
 from __future__ import annotations
@@ -21,7 +30,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from fsrlm.errors import InputError, WorkspaceError
-from fsrlm.safe_fs import read_text_beneath
+from fsrlm.safe_fs import (
+    DirIdentity,
+    copy_tree_beneath,
+    create_beneath,
+    identity_of,
+    make_dirs_beneath,
+    make_private_dir,
+    open_beneath,
+    open_private_dir,
+    read_text_beneath,
+    remove_tree,
+    write_beneath,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +50,7 @@ INLINE_LIMIT = 8 * 1024  # inputs up to this size are shown to the agent in full
 PREVIEW_HEAD = 3000
 PREVIEW_TAIL = 1500
 LAYOUT = ("input/attachments", "state", "cache/llm", "scratch/scripts", "output", "tools", ".agent")
+NESTED_SUFFIX = ".nested"  # <run>.nested/ beside a run folder holds the runs nested under it
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # what new_run_id makes: no dots, no slashes
 
@@ -67,37 +89,70 @@ def _package_dir(package: str) -> Path:
     return Path(str(resources.files(package)))
 
 
+def nested_folder(root: Path) -> Path:
+    """Where the runs nested under the run folder ``root`` live (beside it, out of every sandbox's reach)."""
+    return root.parent / f"{root.name}{NESTED_SUFFIX}"
+
+
 class Workspace:
-    def __init__(self, root: Path, run_id: str, *, owned: bool) -> None:
+    def __init__(self, root: Path, run_id: str, *, owned: bool, identity: DirIdentity | None = None) -> None:
         self.root = root
         self.run_id = run_id
         self.owned = owned  # True when we created the parent folder too (temp dir)
+        self.identity = identity if identity is not None else identity_of(root)
+        self.input_bytes = 0  # the size of input/prompt.md, once written
 
     # -- creation -----------------------------------------------------------
 
     @classmethod
     def create(cls, run_id: str, parent: Path | None = None) -> Workspace:
+        """A new run folder in ``parent`` (the user's ``workspace_dir``; made if missing), or in a temp folder."""
         try:
             if parent is None:
-                root = Path(tempfile.mkdtemp(prefix=f"fsrlm-{run_id}-"))
+                parent = Path(tempfile.mkdtemp(prefix=f"fsrlm-{run_id}-"))  # private (0700), ours alone
                 owned = True
             else:
+                # The user's own folder (configuration), never one a sandbox can write.
                 parent = parent.expanduser().resolve()
                 parent.mkdir(parents=True, exist_ok=True)
-                root = parent / run_id
-                # Never reuses (and so never wipes) an existing folder. Private, like a temp dir:
-                # other users must not reach what the sandbox wrote (e.g. an executable with setuid bits).
-                root.mkdir(mode=0o700)
                 owned = False
-            for sub in LAYOUT:
-                (root / sub).mkdir(parents=True, exist_ok=True)
-            ws = cls(root, run_id, owned=owned)
-            ws._install_template()
-            return ws
+        except OSError as e:
+            raise WorkspaceError(f"cannot create the run folder under {parent or tempfile.gettempdir()}: {e}") from None
+        return cls._make(parent, run_id, owned=owned)
+
+    def create_nested(self, run_id: str) -> Workspace:
+        """A run folder for a run nested under this one, in ``<root>.nested/`` (made private on first use)."""
+        folder = nested_folder(self.root)
+        try:
+            try:
+                make_private_dir(folder.parent, folder.name)
+            except FileExistsError:
+                open_private_dir(folder.parent, folder.name)  # ours and private, or WorkspaceError
+        except OSError as e:
+            raise WorkspaceError(f"cannot create the folder of nested runs {folder}: {e}") from None
+        return self._make(folder, run_id, owned=False)
+
+    @classmethod
+    def _make(cls, parent: Path, run_id: str, *, owned: bool) -> Workspace:
+        if not _RUN_ID.fullmatch(run_id):
+            raise WorkspaceError(f"invalid run id {run_id!r}")
+        try:
+            # Never reuses (and so never wipes) an existing folder. Private, like a temp dir:
+            # other users must not reach what the sandbox wrote (e.g. an executable with setuid bits).
+            identity = make_private_dir(parent, run_id)
         except FileExistsError:
             raise WorkspaceError(f"run folder {parent}/{run_id} already exists; pick another run id") from None
         except OSError as e:
-            raise WorkspaceError(f"cannot create the run folder under {parent or tempfile.gettempdir()}: {e}") from None
+            raise WorkspaceError(f"cannot create the run folder under {parent}: {e}") from None
+        ws = cls(parent / run_id, run_id, owned=owned, identity=identity)
+        try:
+            for sub in LAYOUT:
+                make_dirs_beneath(ws.root, sub)
+            ws._install_template()
+        except OSError as e:
+            ws.remove()
+            raise WorkspaceError(f"cannot fill the run folder {ws.root}: {e}") from None
+        return ws
 
     @classmethod
     def open(cls, root: Path) -> Workspace:
@@ -116,22 +171,24 @@ class Workspace:
 
     def _install_template(self) -> None:
         template = _package_dir("fsrlm.workspace_template")
-        shutil.copytree(template / ".claude", self.root / ".claude", dirs_exist_ok=True)
-        for item in _package_dir("fsrlm.tools.workspace").iterdir():  # the agent's tools, all of them
+        copy_tree_beneath(template / ".claude", self.root, ".claude")
+        for item in sorted(_package_dir("fsrlm.tools.workspace").iterdir()):  # the agent's tools, all of them
             if item.suffix in (".py", ".md") and item.name != "__init__.py":
-                shutil.copy2(item, self.root / "tools" / item.name)
+                with item.open("rb") as src, create_beneath(self.root, f"tools/{item.name}") as out:
+                    shutil.copyfileobj(src, out)
 
     # -- input --------------------------------------------------------------
 
     def write_prompt(self, prompt: InputLike) -> int:
         """Stream ``prompt`` to ``input/prompt.md``; return its size in bytes."""
-        target = self.root / "input" / "prompt.md"
-        with target.open("wb") as out:
+        with create_beneath(self.root, "input/prompt.md", exclusive=False) as out:
             _stream_into(out, prompt, "prompt", "input file")
-        return target.stat().st_size
+            out.flush()
+            self.input_bytes = os.fstat(out.fileno()).st_size
+            return self.input_bytes
 
     def write_messages(self, messages: list[Mapping[str, Any]]) -> str:
-        """Save messages and a readable transcript; return the last user message's text."""
+        """Save messages and a readable transcript (``input/prompt.md``); return the last user message's text."""
         if not isinstance(messages, list) or not messages:
             raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
         transcript: list[str] = []
@@ -163,8 +220,8 @@ class Workspace:
             transcript.append(f"## {message['role']}\n\n{text}\n")
             if message["role"] == "user":
                 last_user = text
-        (self.root / "input" / "messages.json").write_text(json.dumps(messages, indent=1, default=str))
-        self.write_prompt("\n".join(transcript))
+        write_beneath(self.root, "input/messages.json", json.dumps(messages, indent=1, default=str).encode())
+        self.input_bytes = self.write_prompt("\n".join(transcript))
         return last_user
 
     def _save_image(self, block: Mapping[str, Any], n: int, i: int, j: int) -> str:
@@ -178,7 +235,8 @@ class Workspace:
         except ValueError:
             raise InputError(f"messages[{i}].content[{j}] holds invalid base64 image data") from None
         name = f"image-{n}.{ext}"
-        (self.root / "input" / "attachments" / name).write_bytes(data)
+        with create_beneath(self.root, f"input/attachments/{name}", exclusive=False) as out:
+            out.write(data)
         return f"input/attachments/{name}"
 
     def write_attachments(self, attachments: Mapping[str, InputLike]) -> list[str]:
@@ -187,9 +245,8 @@ class Workspace:
             name = sanitize_attachment_name(raw_name)
             if name in names:
                 raise InputError(f"two attachments map to the same file name {name!r}; rename one")
-            target = self.root / "input" / "attachments" / name
             try:
-                out = target.open("xb")  # never overwrite, e.g. an image saved from the messages
+                out = create_beneath(self.root, f"input/attachments/{name}")  # never overwrite, e.g. an image
             except FileExistsError:
                 raise InputError(f"attachment {raw_name!r} maps to {name!r}, which already exists in "
                                  "input/attachments/; rename it") from None
@@ -199,9 +256,7 @@ class Workspace:
         return names
 
     def write_text(self, rel: str, text: str) -> None:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_beneath(self.root, rel, text.encode("utf-8"))
 
     def write_job(self, job: Mapping[str, Any]) -> None:
         self.write_text("state/job.json", json.dumps({**job, "written_at": time.time()}, indent=1, default=str))
@@ -213,7 +268,7 @@ class Workspace:
 
     def input_preview(self, size: int) -> tuple[str, str]:
         """First and last bytes of the input, decoded leniently; all of it (as head) when inline."""
-        with (self.root / "input" / "prompt.md").open("rb") as f:
+        with os.fdopen(open_beneath(self.root, "input/prompt.md", os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if size <= INLINE_LIMIT:  # shown "in full": the middle must not be dropped
                 return f.read(INLINE_LIMIT).decode("utf-8", "replace"), ""
             head = f.read(PREVIEW_HEAD)
@@ -237,4 +292,13 @@ class Workspace:
         return items
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove the run folder and the runs nested under it (and the temp parent, when it is ours)."""
+        parent = self.root.parent
+        try:
+            if self.owned:
+                remove_tree(parent.parent, parent.name)
+                return
+            remove_tree(parent, self.root.name)
+            remove_tree(parent, nested_folder(self.root).name)
+        except OSError as e:
+            logger.warning("could not remove the run folder %s completely: %s", self.root, e)

@@ -47,13 +47,18 @@ def executor_type(request: pytest.FixtureRequest) -> str:
     if request.param != "local":  # marked at collection, so `-m "not docker"` leaves these out
         request.getfixturevalue("docker_image")
     if request.param == "remote-docker":
-        daemon = request.getfixturevalue("remote_docker_host")
-        monkeypatch = request.getfixturevalue("monkeypatch")
-        for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in daemon.env.items():
-            monkeypatch.setenv(name, value)
+        request.getfixturevalue("remote_docker")
     return request.param
+
+
+@pytest.fixture
+def remote_docker(remote_docker_host, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Point the remote-docker executor (through ``DOCKER_HOST``) at the second daemon, a "remote host" on loopback."""
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in remote_docker_host.env.items():
+        monkeypatch.setenv(name, value)
+    return remote_docker_host
 
 
 @pytest.fixture(scope="session")

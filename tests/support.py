@@ -84,13 +84,14 @@ def run_objects(client, run_id: str) -> list[str]:
 
 
 def run_ids_under(root: Path) -> set[str]:
-    """Run ids of the run folders (``state/job.json``) anywhere under ``root``."""
+    """Run ids of the run folders (``state/job.json``) under ``root``, nested runs included (six levels down)."""
     import json
 
     ids: set[str] = set()
     if not root.is_dir():
         return ids
-    for job in root.rglob("state/job.json"):
+    # Fixed depths, never rglob: an agent's tree may be deeper than the recursion limit.
+    for job in (job for depth in range(1, 7) for job in root.glob("*/" * depth + "state/job.json")):
         try:
             run_id = json.loads(job.read_text()).get("run_id")
         except (OSError, ValueError, AttributeError):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsrlm.errors import ArchiveError
-from fsrlm.safe_fs import open_beneath
+from fsrlm.safe_fs import DirIdentity, open_beneath, walk_tree
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,25 @@ _REJECTABLE = (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENO
 
 
 def stays_inside(name: str, target: str) -> bool:
-    """Whether a symlink at ``name`` (relative to the root) pointing to ``target`` resolves inside the root."""
+    """Whether a symlink at ``name`` (relative to the root) pointing to ``target`` resolves inside the root.
+
+    Only ``..`` at the start of ``target`` is accepted, at most as many as ``name`` is deep:
+    a ``..`` after another name may climb out of a link (``d0/l -> ..`` then
+    ``d1/l -> ../d0/l/..`` is the root's parent), which no check of the text can see.
+    With that rule every accepted link resolves inside, whatever the other links are:
+    its folder is a real one (entries are never written through a link), the leading
+    ``..`` stay below the root, and each name after them is a folder or an accepted link.
+    """
     if not target or target.startswith("/") or "\0" in target:
         return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    return resolved != ".." and not resolved.startswith("../")
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        return False
+    depth = len([p for p in posixpath.dirname(name).split("/") if p not in ("", ".")])
+    return ups <= depth
 
 
 # -- packing -------------------------------------------------------------------------
@@ -73,10 +87,14 @@ def _header(name: str, kind: bytes, st: os.stat_result, uid: int, gid: int, *, s
 
 
 class WorkspacePacker:
-    """Stream ``root`` as a tar. ``sent`` maps each file sent to its ``(size, mtime_ns)`` on the host."""
+    """Stream ``root`` as a tar. ``sent`` maps each file sent to its ``(size, mtime_ns)`` on the host.
 
-    def __init__(self, root: Path, *, uid: int, gid: int) -> None:
+    ``expect``: the identity of the run folder the host created; the folder opened must be it.
+    """
+
+    def __init__(self, root: Path, *, uid: int, gid: int, expect: DirIdentity | None = None) -> None:
         self.root = root
+        self.expect = expect
         self.uid, self.gid = uid, gid
         self.sent: dict[str, tuple[int, int]] = {}
         self.skipped: list[str] = []
@@ -84,41 +102,26 @@ class WorkspacePacker:
 
     def chunks(self) -> Iterator[bytes]:
         top = os.open(self.root, _DIR_FLAGS)
-        stack = [(top, "")]
         try:
-            while stack:
-                fd, rel = stack.pop()
-                try:
-                    yield from self._folder(fd, rel, stack)
-                finally:
-                    if fd != top:
-                        os.close(fd)
+            if self.expect is not None and DirIdentity.of_fd(top) != self.expect:
+                raise ArchiveError(f"{self.root} is not the run folder the host created; refusing to send it")
+            # One descriptor at a time, however deep or wide the folder (safe_fs.walk_tree).
+            for entry in walk_tree(top):
+                st = entry.st
+                if entry.kind == "enter":
+                    yield _header(entry.rel, tarfile.DIRTYPE, st, self.uid, self.gid)
+                elif entry.kind == "leave":
+                    continue
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    yield from self._file(entry.dir_fd, entry.name, entry.rel)
+                elif stat.S_ISLNK(st.st_mode) and stays_inside(
+                        entry.rel, target := os.readlink(entry.name, dir_fd=entry.dir_fd)):
+                    yield _header(entry.rel, tarfile.SYMTYPE, st, self.uid, self.gid, linkname=target)
+                else:
+                    self.skipped.append(entry.rel)  # a special file, a hard link, a link pointing out
         finally:
-            for fd, _ in stack:
-                if fd != top:
-                    os.close(fd)
             os.close(top)
         yield b"\0" * (2 * BLOCK)
-
-    def _folder(self, fd: int, rel: str, stack: list[tuple[int, str]]) -> Iterator[bytes]:
-        with os.scandir(fd) as it:
-            names = sorted(entry.name for entry in it)
-        for name in names:
-            path = f"{rel}/{name}" if rel else name
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                yield _header(path, tarfile.DIRTYPE, st, self.uid, self.gid)
-                stack.append((child, path))
-            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                yield from self._file(fd, name, path)
-            elif stat.S_ISLNK(st.st_mode) and stays_inside(path, target := os.readlink(name, dir_fd=fd)):
-                yield _header(path, tarfile.SYMTYPE, st, self.uid, self.gid, linkname=target)
-            else:
-                self.skipped.append(path)  # a special file, a hard link, a link pointing out
 
     def _file(self, dir_fd: int, name: str, path: str) -> Iterator[bytes]:
         try:

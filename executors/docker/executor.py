@@ -24,6 +24,7 @@ from fsrlm.executors.docker.errors import docker_errors, is_not_found
 from fsrlm.executors.docker.handback import sandbox_user
 from fsrlm.executors.docker.image import cli_binary, ensure_image
 from fsrlm.executors.docker.sandbox import ContainerSandbox, check_spec
+from fsrlm.executors.docker.sharedcli import neutral_cli
 from fsrlm.executors.docker.transfer import BindMount
 
 from fsrlm.errors import ImageError
@@ -74,10 +75,12 @@ class DockerExecutor(Executor):
         assert self._engine is not None and self._image is not None
         user = sandbox_user()
         # Only the default image is known (by its fingerprint) to hold this very binary.
-        shared_cli = cli_binary() if self.config.share_cli and self.config.image is None else None
+        # From a neutral path: the container sees a bind mount's source in its mount table (sharedcli.py).
+        shared_cli = (await asyncio.to_thread(neutral_cli, cli_binary())
+                      if self.config.share_cli and self.config.image is None else None)
         return ContainerSandbox(
             self._engine, self.config, spec, self._image, user=user, shared_cli=shared_cli,
-            workspace=BindMount(self._engine, spec, user), channel=MountedSocket(self._engine, spec, user),
+            workspace=BindMount(self._engine, spec, user, runtime=self.config.runtime), channel=MountedSocket(self._engine, spec, user),
         )
 
     async def gc(self, older_than_seconds: float = 0.0) -> list[str]:

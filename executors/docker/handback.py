@@ -3,8 +3,9 @@
 When the orchestrator runs as root, the agent still runs as uid 1000 (the CLI refuses
 ``bypassPermissions`` as root, and root in a container is one bug from the host): the
 bind-mounted workspace is handed to 1000 before the run and back afterwards. Both
-walks use directory descriptors and no-follow opens, so a link the agent planted
-never leads the host anywhere else, and the way back drops setuid/setgid bits.
+walks use directory descriptors and no-follow opens, one descriptor at a time (so no
+shape of tree stops them), so a link the agent planted never leads the host anywhere
+else, and the way back drops setuid/setgid bits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import stat
 from pathlib import Path
 
 from fsrlm.executors.docker import hardening
+from fsrlm.safe_fs import walk_tree
 
 logger = logging.getLogger(__name__)
 
@@ -29,40 +31,30 @@ def sandbox_user() -> tuple[int, int]:
 def chown_tree(root: Path, uid: int, gid: int, *, drop_setid: bool = False) -> None:
     """``chown -R --no-dereference`` that cannot be tricked into leaving ``root``.
 
-    Walks with directory descriptors (``O_NOFOLLOW`` at every step), changes
-    symlinks themselves, and skips files with more than one hard link (they
-    may be shared with a file outside the workspace). With ``drop_setid``
-    (handing a workspace back), regular files not owned by root also lose their
-    setuid/setgid bits, hard-linked ones included: the sandbox must not leave a
-    setuid executable of its uid on the host.
+    Walks with directory descriptors (``safe_fs.walk_tree``: ``O_NOFOLLOW`` at every
+    step, one descriptor at a time however deep or wide the tree), changes symlinks
+    themselves, and skips files with more than one hard link (they may be shared with
+    a file outside the workspace). With ``drop_setid`` (handing a workspace back),
+    regular files not owned by root also lose their setuid/setgid bits, hard-linked
+    ones included: the sandbox must not leave a setuid executable of its uid on the host.
     """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    top = os.open(root, flags)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.chown(top, uid, gid)
-        stack = [top]
-        while stack:
-            fd = stack.pop()
+        for entry in walk_tree(top):
+            st = entry.st
             try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                            if stat.S_ISDIR(st.st_mode):
-                                stack.append(os.open(entry.name, flags, dir_fd=fd))
-                                os.chown(stack[-1], uid, gid)
-                                continue
-                            if drop_setid and stat.S_ISREG(st.st_mode) and st.st_mode & _SETID and st.st_uid != 0:
-                                _drop_setid(fd, entry.name)
-                            if st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
-                                logger.debug("not changing the owner of %s: it has hard links", entry.name)
-                            else:
-                                os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-            finally:
-                if fd != top:
-                    os.close(fd)
+                if entry.kind == "enter":
+                    os.chown(entry.fd, uid, gid)
+                elif entry.kind == "file":
+                    if drop_setid and stat.S_ISREG(st.st_mode) and st.st_mode & _SETID and st.st_uid != 0:
+                        _drop_setid(entry.dir_fd, entry.name)
+                    if st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
+                        logger.debug("not changing the owner of %s: it has hard links", entry.rel)
+                    else:
+                        os.chown(entry.name, uid, gid, dir_fd=entry.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
     finally:
         os.close(top)
 

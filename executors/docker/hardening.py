@@ -9,13 +9,18 @@ default without an engine.
 What it sets, and why:
 
 * ``network_mode="none"``: the only way out is the broker socket.
-* ``read_only`` root; tmpfs with size caps for ``/tmp`` and ``$HOME``; the
+* ``read_only`` root; tmpfs with size caps for ``/tmp`` and ``$HOME``, both
+  ``noexec`` (the CLI and scripts run with it: nothing the CLI unpacks there is
+  executed; the workspace itself stays executable, Docker cannot mount a bind
+  mount ``noexec``); the
   workspace is the only writable mount (a bind mount of the run folder, or for
   a remote host a per-run named volume); the broker socket is mounted
   read-only (connecting to a unix socket does not need a writable mount).
 * ``cap_drop=ALL``, ``no-new-privileges``, Docker's default seccomp profile
   (never ``seccomp=unconfined``), a non-root user, ``init`` to reap zombies.
-* pids, memory (swap included) and CPU limits; ``runtime`` (e.g. gVisor's
+* pids, memory (swap included) and CPU limits; ``ulimits``: no core dumps
+  (soft and hard 0, so a crashing program leaves no memory image in the
+  workspace) and an explicit cap on open files; ``runtime`` (e.g. gVisor's
   ``runsc``) only when configured.
 * labels so leftovers can always be found and removed.
 """
@@ -44,6 +49,7 @@ RELAY_URL = "http://127.0.0.1:8080"
 CLI_PATH = "/usr/local/bin/claude"
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
+NOFILE = 8192  # open files per process in the sandbox (soft = hard)
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,7 @@ def container_options(
         "network_mode": "none",
         "read_only": True,
         "tmpfs": {
-            # exec: the CLI and scripts may need to run helpers they unpack to /tmp.
-            "/tmp": f"rw,nosuid,nodev,exec,size={size},mode=1777",
+            "/tmp": f"rw,nosuid,nodev,noexec,size={size},mode=1777",
             HOME: f"rw,nosuid,nodev,noexec,size={size},mode=0700,uid={uid},gid={gid}",
         },
         "cap_drop": ["ALL"],
@@ -122,6 +127,7 @@ def container_options(
         "nano_cpus": int(round(config.cpus * 1e9)),
         "ipc_mode": "private",
         "shm_size": "64m",  # /dev/shm: Docker's default cap, stated
+        "ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}, {"Name": "nofile", "Soft": NOFILE, "Hard": NOFILE}],
         "mounts": mounts,
         # The attach stream carries the output; keep the daemon's copy small.
         "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},

@@ -28,6 +28,7 @@ from fsrlm.executors.docker import cleanup, hardening
 from fsrlm.executors.docker.channel import BrokerChannel
 from fsrlm.executors.docker.engine import Engine
 from fsrlm.executors.docker.errors import docker_errors, is_not_found
+from fsrlm.executors.docker.mountcheck import verify_workspace
 from fsrlm.executors.docker.process import DockerAgentProcess
 from fsrlm.executors.docker.transfer import WorkspaceTransfer
 
@@ -92,6 +93,8 @@ class ContainerSandbox(Sandbox):
             await self.workspace.prepare()
             await self.channel.prepare()
             self._prepared = True
+        # After prepare (which may hand the folder to the sandbox's uid): the transfer checks what it mounts.
+        environment.update(self.workspace.environment())
         options = hardening.container_options(
             self._config, image=self._image, command=[self.cli_path, *argv], environment=environment,
             run_id=self.run_id, user=self._user, cli_binary=self._shared_cli,
@@ -168,6 +171,7 @@ class ContainerSandbox(Sandbox):
 
 
 def check_spec(spec: SandboxSpec) -> None:
-    """The workspace is a folder (the broker socket is checked by the channel that uses it)."""
+    """The workspace is the folder the host created (the broker socket is checked by the channel that uses it)."""
     if not spec.workspace.is_dir():
         raise SandboxError(f"The workspace {spec.workspace} does not exist or is not a folder.")
+    verify_workspace(spec)

@@ -35,6 +35,7 @@ from fsrlm.executors.docker.archive import WorkspacePacker, extract_archive
 from fsrlm.executors.docker.engine import Engine
 from fsrlm.executors.docker.errors import docker_errors
 from fsrlm.executors.docker.handback import chown_tree, give_back
+from fsrlm.executors.docker.mountcheck import mount_check_env
 
 from fsrlm.errors import SandboxError
 from fsrlm.safe_fs import open_beneath
@@ -59,6 +60,10 @@ class WorkspaceTransfer(abc.ABC):
     def mount_options(self) -> dict[str, Any]:
         """Keyword arguments of ``hardening.container_options`` that mount the workspace."""
 
+    def environment(self) -> dict[str, str]:
+        """Variables the container gets for this transfer (called right before each container is created)."""
+        return {}
+
     async def created(self, container_id: str) -> None:
         """The container exists and has not started."""
 
@@ -75,9 +80,10 @@ class WorkspaceTransfer(abc.ABC):
 class BindMount(WorkspaceTransfer):
     """The run folder is the sandbox's workspace (bind mount); handed to the sandbox uid when we are root."""
 
-    def __init__(self, engine: Engine, spec: SandboxSpec, user: tuple[int, int]) -> None:
+    def __init__(self, engine: Engine, spec: SandboxSpec, user: tuple[int, int], *, runtime: str | None = None) -> None:
         super().__init__(engine, spec, user)
         self.chowned = os.geteuid() == 0 and user != (os.getuid(), os.getgid())
+        self.runtime = runtime  # the OCI runtime (executor.runtime): runsc numbers inodes itself
 
     async def prepare(self) -> None:
         if not self.chowned:
@@ -89,6 +95,11 @@ class BindMount(WorkspaceTransfer):
 
     def mount_options(self) -> dict[str, Any]:
         return {"workspace": self.spec.workspace}
+
+    def environment(self) -> dict[str, str]:
+        # A bind mount is made by path (Docker follows links in it): the folder is checked here, and the
+        # entrypoint checks that /workspace is it (mountcheck.py).
+        return mount_check_env(self.spec, self.runtime)
 
     async def after_remove(self, problems: list[str]) -> None:
         if self.chowned and not problems:
@@ -127,7 +138,8 @@ class VolumeArchive(WorkspaceTransfer):
     async def created(self, container_id: str) -> None:
         if self._packer is not None:  # the volume outlives a second agent container: copy once
             return
-        packer = WorkspacePacker(self.spec.workspace, uid=self.user[0], gid=self.user[1])
+        packer = WorkspacePacker(self.spec.workspace, uid=self.user[0], gid=self.user[1],
+                                 expect=self.spec.workspace_id)
         start = time.monotonic()
         with docker_errors("copy the workspace to the sandbox", self.engine.ref):
             ok = await asyncio.to_thread(self.engine.api.put_archive, container_id, hardening.WORKSPACE,

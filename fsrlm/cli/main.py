@@ -13,6 +13,7 @@ import sys
 import click
 
 from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
+from fsrlm.cli.terminal import printable
 from fsrlm.errors import FsrlmError
 
 # name -> (module under fsrlm.cli, attribute, one line of help). A command's module loads only when
@@ -27,6 +28,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("bench", "bench", "Benchmarks: performance tables and the OOLONG runner."),
     "capacity": ("batch", "capacity", "How many sandboxes this machine can hold at once."),
 }
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines on stderr quote names and text from the agent's workspace: no control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 class FsrlmGroup(click.Group):
@@ -48,7 +56,7 @@ class FsrlmGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FsrlmError as e:
-            click.echo(f"fsrlm: {e}", err=True)
+            click.echo(f"fsrlm: {printable(str(e))}", err=True)
             sys.exit(exit_code_for_error(e))
         except KeyboardInterrupt:
             click.echo("fsrlm: interrupted", err=True)
@@ -65,7 +73,9 @@ def cli(verbose: int) -> None:
     host-side broker owns the keys, enforces the limits and caches answers.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
 
 
 def main() -> None:

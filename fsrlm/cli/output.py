@@ -1,4 +1,9 @@
-"""How ``fsrlm run`` and ``fsrlm resume`` print a result and choose the exit code."""
+"""How ``fsrlm run`` and ``fsrlm resume`` print a result and choose the exit code.
+
+The answer and the errors hold text the agent wrote. On a terminal they lose their
+control characters (``terminal.printable``); an answer piped elsewhere is written as
+the agent wrote it (it is the run's output); ``--json`` escapes every control character.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import sys
 import click
 
 from fsrlm.cli.exit_codes import exit_code_for_stop
+from fsrlm.cli.terminal import printable
 from fsrlm.results import RLMResult
 
 
@@ -16,7 +22,7 @@ def print_result(result: RLMResult, as_json: bool) -> None:
         click.echo(json.dumps(result.summary()))
     else:
         if result.answer:
-            click.echo(result.answer)
+            click.echo(printable(result.answer) if sys.stdout.isatty() else result.answer)
         m = result.metrics
         click.echo(
             f"[{result.stop_reason}] {m.turns} turns, {m.subcalls} subcalls (+{m.subcalls_cached} cached, "
@@ -25,5 +31,5 @@ def print_result(result: RLMResult, as_json: bool) -> None:
             err=True,
         )
         for error in result.errors:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {printable(error)}", err=True)
     sys.exit(exit_code_for_stop(result.stop_reason))

@@ -1,4 +1,9 @@
-"""Live progress of a run on stderr: a rich panel on a terminal, plain lines otherwise."""
+"""Live progress of a run on stderr: a rich panel on a terminal, plain lines otherwise.
+
+Every text shown comes from the agent's run (commands, script names, errors) and is
+passed through ``terminal.printable`` (no escape sequences reach the terminal) and, in
+the panel, shown as plain text (never read as rich markup).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sys
 import time
 from typing import TextIO
 
+from fsrlm.cli.terminal import printable
 from fsrlm.events import RLMEvent
 
 
@@ -23,10 +29,14 @@ class ProgressState:
         self.last = ""
 
     def update(self, event: RLMEvent) -> str | None:
-        """Fold ``event`` in; return a one-line description worth printing, if any."""
+        """Fold ``event`` in; return a one-line description worth printing (terminal-safe), if any."""
+        message = self._update(event)
+        return printable(message, one_line=True) if message else None
+
+    def _update(self, event: RLMEvent) -> str | None:
         if event.kind == "tool_use":
             self.tool_uses += 1
-            self.last = f"{event.tool}: {(event.detail or '')[:80]}"
+            self.last = printable(f"{event.tool}: {event.detail or ''}", one_line=True)[:80]
             return self.last
         if event.kind == "script_started":
             self.scripts += 1
@@ -102,9 +112,11 @@ class RichProgress:
         return Text.assemble(("fsrlm ", "bold cyan"), self.state.line(), "\n", (self.state.last[:120], "dim"))
 
     def __call__(self, event: RLMEvent) -> None:
+        from rich.text import Text
+
         message = self.state.update(event)
         if message and event.kind in ("script_started", "script_finished", "subcall", "upstream_retry"):
-            self._live.console.print(f"[dim]{message}[/dim]")
+            self._live.console.print(Text(message, style="dim"))  # a Text: "[...]" in it is not markup
         self._live.update(self._render())
 
     def __enter__(self) -> RichProgress:

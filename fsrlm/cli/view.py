@@ -19,8 +19,12 @@ from fsrlm.errors import ConfigError
               "unless --allow-remote).")
 @click.option("--allow-remote", is_flag=True, help="Allow a --host that is not loopback. The viewer has no "
               "login: anyone who can reach it can read the run.")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="With --allow-remote: also answer requests for this host name (repeatable). IP addresses and "
+              "this machine's own names are always answered; other names are refused (DNS rebinding).")
 @click.option("--no-browser", is_flag=True, help="Do not open a browser; just print the address.")
-def view(path: str, port: int, host: str, allow_remote: bool, no_browser: bool) -> None:
+def view(path: str, port: int, host: str, allow_remote: bool, allowed_hosts: tuple[str, ...],
+         no_browser: bool) -> None:
     """Show the run in PATH in a local web page, live while it runs.
 
     The page shows the question and input, the agent's turns and tool calls,
@@ -42,7 +46,9 @@ def view(path: str, port: int, host: str, allow_remote: bool, no_browser: bool) 
                               "listens on 127.0.0.1 only. Pass --allow-remote to serve it anyway.")
         click.echo(f"fsrlm view: warning: serving on {host} without any login; anyone who can reach "
                    f"port {port or '(chosen)'} can read this run, including its input", err=True)
-    settings = ViewerSettings(path=Path(path), allow_remote=allow_remote)
+    if allowed_hosts and not allow_remote:
+        raise ConfigError("--allow-host only applies with --allow-remote")
+    settings = ViewerSettings(path=Path(path), allow_remote=allow_remote, allowed_hosts=allowed_hosts)
     create_app(settings)  # a bad PATH fails here, with one message, before anything listens
 
     def ready(url: str) -> None:

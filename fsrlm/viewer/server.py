@@ -10,11 +10,16 @@ Routes (single run: PATH holds ``state/job.json``)::
                               when the file was replaced)
 
 With a folder of runs, ``/api/runs`` is ``{"mode": "folder", "runs": [...]}`` and each
-run lives under ``/run/<name>/`` (the page, ``api/run``, ``api/events``).
+run lives under ``/run/<name>/`` (the page, ``api/run``, ``api/events``). The runs
+nested in a run (``rlm_query``; their folders are in ``<run>.nested/``) live under
+``nested/<name>/`` of that run's address, at any depth.
 
 Every response carries a strict Content-Security-Policy (scripts only from this
-server, nothing inline) and ``nosniff``. Unless remote access was allowed, a
-request whose Host is not a loopback name is refused (DNS rebinding).
+server, nothing inline) and ``nosniff``. A request whose Host is not a loopback
+name is refused (DNS rebinding: a page elsewhere whose name resolves to this
+machine must not read the run); with ``--allow-remote`` also IP addresses, this
+machine's own names and the names given with ``--allow-host`` are accepted, never
+any other name. At most ``max_event_streams`` event streams are open at once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +40,7 @@ from aiohttp import web
 from fsrlm.errors import InputError
 from fsrlm.events import EVENTS_LOG
 from fsrlm.viewer.files import LineTail
-from fsrlm.viewer.snapshot import is_run, list_runs, run_dir, snapshot, timeline_event
+from fsrlm.viewer.snapshot import is_run, list_runs, nested_run_dir, run_dir, snapshot, timeline_event
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +53,25 @@ _STATIC = {
     "app.css": "text/css",
 }
 _LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+MAX_NESTING = 16  # nested/<name>/ segments in one address
+# An address below the server's root: /run/<name>/ (a folder of runs), then nested/<name>/ per level.
+_CHAIN = r"{chain:(?:(?:run|nested)/[A-Za-z0-9][A-Za-z0-9._-]{0,199}/)*}"
 
 
 @dataclass(frozen=True)
 class ViewerSettings:
     path: Path  # a run folder, or a folder of run folders
-    allow_remote: bool = False  # accept any Host header (only with --allow-remote)
+    allow_remote: bool = False  # also answer Host names other than loopback (only with --allow-remote)
+    allowed_hosts: tuple[str, ...] = ()  # with allow_remote: more Host names to answer (--allow-host)
     poll_interval: float = 0.3  # how often /api/events looks at state/events.jsonl
+    max_event_streams: int = 16  # /api/events streams open at once; more get 503
 
 
 _ROOT = web.AppKey("root", Path)
 _SETTINGS = web.AppKey("settings", ViewerSettings)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
+_HOSTS = web.AppKey("hosts", frozenset)
+_STREAMS = web.AppKey("streams", list)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,6 +84,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def machine_names() -> frozenset[str]:
+    """This machine's own host names (what a browser on the network sends as Host)."""
+    names = {socket.gethostname()}
+    try:
+        names.add(socket.getfqdn())
+    except OSError:
+        pass
+    return frozenset(n.lower().rstrip(".") for n in names if n)
+
+
 def create_app(settings: ViewerSettings) -> web.Application:
     """The viewer for ``settings.path``; InputError when it is neither a run nor a folder."""
     root = settings.path.expanduser().resolve()
@@ -80,33 +103,47 @@ def create_app(settings: ViewerSettings) -> web.Application:
     app[_ROOT] = root
     app[_SETTINGS] = settings
     app[_STOPPING] = asyncio.Event()
+    app[_HOSTS] = (machine_names() | {h.lower().rstrip(".") for h in settings.allowed_hosts}
+                   if settings.allow_remote else frozenset())
+    app[_STREAMS] = []
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_stop_streams)
     app.router.add_get("/static/{name}", _static)
     app.router.add_get("/favicon.ico", _no_content)
-    app.router.add_get("/", _page)
-    if is_run(root):
-        app.router.add_get("/api/runs", _single_mode)
-        app.router.add_get("/api/run", _run)
-        app.router.add_get("/api/events", _events)
-    else:
-        app.router.add_get("/api/runs", _runs)
-        app.router.add_get("/run/{name}", _add_slash)
-        app.router.add_get("/run/{name}/", _page)
-        app.router.add_get("/run/{name}/api/run", _run)
-        app.router.add_get("/run/{name}/api/events", _events)
+    app.router.add_get("/api/runs", _single_mode if is_run(root) else _runs)
+    # "/", "/run/<name>/", "/nested/<name>/", "/run/<name>/nested/<child>/nested/..." (see _run_root)
+    app.router.add_get("/" + _CHAIN, _page)
+    app.router.add_get("/" + _CHAIN + "api/run", _run)
+    app.router.add_get("/" + _CHAIN + "api/events", _events)
+    app.router.add_get(r"/{chain:(?:(?:run|nested)/[^/]+/)*(?:run|nested)/[^/]+}", _add_slash)
     return app
 
 
 # -- security --------------------------------------------------------------------------
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 @web.middleware
 async def _host_guard(request: web.Request, handler: Callable) -> web.StreamResponse:
-    if not request.app[_SETTINGS].allow_remote:
-        hostname = urlsplit("//" + (request.host or "")).hostname or ""
-        if not is_loopback(hostname):
+    try:
+        hostname = (urlsplit("//" + (request.host or "")).hostname or "").rstrip(".")
+    except ValueError:
+        hostname = ""
+    if not is_loopback(hostname):
+        if not request.app[_SETTINGS].allow_remote:
             raise web.HTTPForbidden(text="fsrlm view: this viewer only answers on a loopback address\n")
+        # A name resolved by someone else's DNS (rebinding) is not this machine's: only addresses,
+        # this machine's names and the names the user allowed.
+        if not (_is_ip(hostname) or hostname in request.app[_HOSTS]):
+            raise web.HTTPForbidden(text=f"fsrlm view: Host {hostname[:100]!r} is not this machine's name or "
+                                         "address; add it with --allow-host\n")
     return await handler(request)
 
 
@@ -125,15 +162,29 @@ async def _stop_streams(app: web.Application) -> None:
 # -- pages and data ----------------------------------------------------------------------
 
 
-def _run_root(request: web.Request) -> Path:
-    root = request.app[_ROOT]
-    name = request.match_info.get("name")
-    if name is None:
-        return root
-    path = run_dir(root, name)
-    if path is None:
-        raise web.HTTPNotFound(text=f"no run named {name!r} here\n")
+def _run_root(request: web.Request, chain: str | None = None) -> Path:
+    """The run folder an address names: ``run/<name>/`` once (a folder of runs), then ``nested/<name>/``."""
+    path = request.app[_ROOT]
+    chain = request.match_info.get("chain", "") if chain is None else chain
+    parts = [p for p in chain.split("/") if p]
+    steps = list(zip(parts[::2], parts[1::2]))
+    if len(steps) > MAX_NESTING + 1:
+        raise web.HTTPNotFound(text="nested too deep\n")
+    single = is_run(path)
+    for i, (kind, name) in enumerate(steps):
+        if kind == "run" and (i > 0 or single):
+            raise web.HTTPNotFound(text="no such page\n")
+        if kind == "nested" and i == 0 and not single:
+            raise web.HTTPNotFound(text="no such page\n")
+        found = run_dir(path, name) if kind == "run" else nested_run_dir(path, name)
+        if found is None:
+            raise web.HTTPNotFound(text=f"no run named {name!r} here\n")
+        path = found
     return path
+
+
+def _is_folder_page(request: web.Request) -> bool:
+    return not request.match_info.get("chain") and not is_run(request.app[_ROOT])
 
 
 def _static_bytes(name: str) -> bytes:
@@ -157,8 +208,9 @@ async def _no_content(request: web.Request) -> web.Response:
 
 
 async def _add_slash(request: web.Request) -> web.Response:
-    _run_root(request)
-    raise web.HTTPFound(f"/run/{request.match_info['name']}/")
+    chain = request.match_info["chain"] + "/"
+    _run_root(request, chain)
+    raise web.HTTPFound(f"/{chain}")
 
 
 async def _single_mode(request: web.Request) -> web.Response:
@@ -171,6 +223,8 @@ async def _runs(request: web.Request) -> web.Response:
 
 
 async def _run(request: web.Request) -> web.Response:
+    if _is_folder_page(request):
+        raise web.HTTPNotFound(text="this is a folder of runs: see /api/runs\n")
     root = _run_root(request)
     snap = await asyncio.to_thread(snapshot, root)
     return web.Response(text=snap.model_dump_json(exclude_none=True), content_type="application/json")
@@ -189,8 +243,22 @@ def _cursor(request: web.Request) -> int:
 
 async def _events(request: web.Request) -> web.StreamResponse:
     """Tail state/events.jsonl: send each line from the cursor on, then each new one as it comes."""
+    if _is_folder_page(request):
+        raise web.HTTPNotFound(text="this is a folder of runs: see /api/runs\n")
     root = _run_root(request)
     after = _cursor(request)
+    streams = request.app[_STREAMS]
+    if len(streams) >= request.app[_SETTINGS].max_event_streams:
+        raise web.HTTPServiceUnavailable(text="fsrlm view: too many open event streams; close a tab\n",
+                                         headers={"Retry-After": "5"})
+    streams.append(request)
+    try:
+        return await _stream_events(request, root, after)
+    finally:
+        streams.remove(request)
+
+
+async def _stream_events(request: web.Request, root: Path, after: int) -> web.StreamResponse:
     stopping = request.app[_STOPPING]
     interval = request.app[_SETTINGS].poll_interval
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",

@@ -21,6 +21,7 @@ from fsrlm.broker.cache import CachedResponse
 from fsrlm.events import EVENTS_LOG, RLMEvent
 from fsrlm.results import RunMetrics
 from fsrlm.safe_fs import read_text_beneath
+from fsrlm.workspace import nested_folder
 from fsrlm.viewer.files import MAX_LOG_BYTES, LineTail, list_names
 
 JOB = "state/job.json"
@@ -60,6 +61,15 @@ class InputView(BaseModel):
     from_messages: bool = False
 
 
+class RunListItem(BaseModel):
+    name: str  # the folder's name, used in /run/<name>/
+    run_id: str
+    question: str | None = None
+    status: RunStatus
+    cost_usd: float
+    started: float | None = None
+
+
 class RunSnapshot(BaseModel):
     """The whole of ``GET /api/run``."""
 
@@ -79,15 +89,7 @@ class RunSnapshot(BaseModel):
     totals: RunMetrics
     totals_source: Literal["result", "audit"]  # the run's own result, or computed from the audit log (live)
     errors: list[str] = Field(default_factory=list)
-
-
-class RunListItem(BaseModel):
-    name: str  # the folder's name, used in /run/<name>/
-    run_id: str
-    question: str | None = None
-    status: RunStatus
-    cost_usd: float
-    started: float | None = None
+    nested: list[RunListItem] = Field(default_factory=list)  # runs started by rlm_query (<run>.nested/)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -237,10 +239,24 @@ def snapshot(root: Path) -> RunSnapshot:
         totals=totals,
         totals_source=source,
         errors=[str(e) for e in errors] if isinstance(errors, list) else [],
+        nested=list_runs(nested_folder(root), oldest_first=True) if _real_dir(nested_folder(root)) else [],
     )
 
 
 # -- a folder of runs ---------------------------------------------------------------------
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return os.path.isdir(path) and not os.path.islink(path)
+    except OSError:
+        return False
+
+
+def nested_run_dir(run: Path, name: str) -> Path | None:
+    """The run ``name`` nested in the run folder ``run`` (in ``<run>.nested/``, never through a link)."""
+    folder = nested_folder(run)
+    return run_dir(folder, name) if _real_dir(folder) else None
 
 
 def run_dir(folder: Path, name: str) -> Path | None:
@@ -256,11 +272,11 @@ def run_dir(folder: Path, name: str) -> Path | None:
     return path if is_run(path) else None
 
 
-def list_runs(folder: Path, limit: int = 1000) -> list[RunListItem]:
-    """The runs directly inside ``folder``, newest first."""
+def list_runs(folder: Path, limit: int = 1000, *, oldest_first: bool = False) -> list[RunListItem]:
+    """The runs directly inside ``folder``, newest first (or oldest first)."""
     try:
         with os.scandir(folder) as entries:
-            names = sorted((e.name for e in entries if e.is_dir(follow_symlinks=False)), reverse=True)
+            names = sorted((e.name for e in entries if e.is_dir(follow_symlinks=False)), reverse=not oldest_first)
     except OSError:
         return []
     items = []

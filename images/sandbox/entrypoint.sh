@@ -16,8 +16,20 @@
 #              FSRLM_RELAY_TIMEOUT seconds to wait for the tunnel (tunnel mode; default 10),
 #              FSRLM_RELAY_MODE=unix (default) or tunnel,
 #              FSRLM_TUNNEL_READY the tunnel's ready file (default /tmp/.fsrlm-tunnel-ready),
-#              FSRLM_RELAY=0 to skip the relay entirely.
+#              FSRLM_RELAY=0 to skip the relay entirely,
+#              FSRLM_WORKSPACE_ID device:inode the host's run folder has; when set, /workspace
+#                 must be that folder, or nothing runs (executors/docker/mountcheck.py).
 set -u
+
+fail() {
+    printf 'fsrlm-entrypoint: %s\n' "$*" >&2
+    exit 70
+}
+
+if [ -n "${FSRLM_WORKSPACE_ID:-}" ]; then
+    mounted="$(stat -c %d:%i /workspace 2>/dev/null)"
+    [ "$mounted" = "$FSRLM_WORKSPACE_ID" ] || fail "/workspace (device:inode ${mounted:-none}) is not the run folder the host created (${FSRLM_WORKSPACE_ID}); refusing to start"
+fi
 
 if [ "$#" -eq 0 ]; then
     set -- /usr/local/bin/claude --version
@@ -30,11 +42,6 @@ fi
 socket="${FSRLM_BROKER_SOCKET:-/run/fsrlm/broker.sock}"
 listen="${FSRLM_RELAY_LISTEN:-127.0.0.1:8080}"
 timeout="${FSRLM_RELAY_TIMEOUT:-10}"
-
-fail() {
-    printf 'fsrlm-entrypoint: %s\n' "$*" >&2
-    exit 70
-}
 
 if [ "${FSRLM_RELAY_MODE:-unix}" = "tunnel" ]; then
     ready_file="${FSRLM_TUNNEL_READY:-/tmp/.fsrlm-tunnel-ready}"

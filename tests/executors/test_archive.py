@@ -160,6 +160,24 @@ def test_nothing_is_written_through_a_link(tmp_path: Path, make_tar) -> None:
     assert [r.split(":")[0] for r in report.rejected] == ["inner/x.txt", "planted/file"]
 
 
+def test_chained_links_cannot_climb_out(tmp_path: Path, make_tar) -> None:
+    """Each link of a chain looks inside on its own; together they would reach the parent folder."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    data = make_tar([
+        ("workspace/d0", "dir"), ("workspace/d1", "dir"), ("workspace/d2", "dir"),
+        ("workspace/d0/l", ("symlink", "..")),  # the run folder itself: fine
+        ("workspace/d1/l", ("symlink", "../d0/l/..")),  # d0/l/.. = the run folder's parent
+        ("workspace/d2/l", ("symlink", "../d0/l/d1/l/x")),  # through an accepted link: inside
+    ])
+    report = _extract(data, dest, strip="workspace")
+    assert [r.split(":")[0] for r in report.rejected] == ["d1/l"]
+    assert os.readlink(dest / "d0" / "l") == ".." and not (dest / "d1" / "l").is_symlink()
+    for link in dest.rglob("*"):
+        if link.is_symlink():
+            assert os.path.realpath(link).startswith(str(dest.resolve())), link
+
+
 def test_caps_on_bytes_and_entries(tmp_path: Path, make_tar) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -243,6 +261,10 @@ def test_modes_are_tamed(tmp_path: Path, make_tar) -> None:
 
 
 def test_stays_inside() -> None:
-    assert stays_inside("a/b", "c") and stays_inside("a/b", "../c") and stays_inside("a", "./x/../y")
+    assert stays_inside("a/b", "c") and stays_inside("a/b", "../c") and stays_inside("a", "./x/y")
+    assert stays_inside("a/b", "..") and stays_inside("a/b/c", "../../x/./y")
     assert not stays_inside("a/b", "../../c") and not stays_inside("a", "/etc") and not stays_inside("a", "")
     assert not stays_inside("a", "..") and not stays_inside("a/b/c", "../../../x")
+    # a ".." after a name may climb out through a link: d0/l -> .., then d1/l -> ../d0/l/.. is the parent
+    assert stays_inside("d0/l", "..") and not stays_inside("d1/l", "../d0/l/..")
+    assert not stays_inside("a", "./x/../y") and not stays_inside("a/b", "x/..")

@@ -26,6 +26,7 @@ from fsrlm.executors.docker.errors import EngineRef, docker_errors
 from fsrlm.executors.docker.executor import DockerExecutor
 from fsrlm.executors.docker.handback import chown_tree
 from fsrlm.executors.docker.image import cli_binary
+from fsrlm.executors.docker.sharedcli import neutral_dir
 from fsrlm.executors.liveness import orchestrator_id
 from support import run_objects
 
@@ -59,6 +60,9 @@ def test_hardening_defaults() -> None:
     assert set(hc["tmpfs"]) == {"/tmp", "/home/sandbox"}
     for options in hc["tmpfs"].values():
         assert "size=256m" in options and "nosuid" in options and "nodev" in options
+        assert "noexec" in options.split(",") and "exec" not in options.split(",")
+    assert {u["Name"]: (u["Soft"], u["Hard"]) for u in hc["ulimits"]} == {
+        "core": (0, 0), "nofile": (hardening.NOFILE, hardening.NOFILE)}
     mounts = {m["Target"]: m for m in hc["mounts"]}
     assert set(mounts) == {"/workspace", "/run/fsrlm/broker.sock"}
     assert mounts["/workspace"]["Type"] == "bind" and mounts["/workspace"]["ReadOnly"] is False
@@ -173,7 +177,8 @@ async def test_container_settings_and_stdin_round_trip(
         assert {m["Destination"] for m in info["Mounts"]} == {
             "/workspace", "/run/fsrlm/broker.sock", "/usr/local/bin/claude"}  # share_cli: read-only, same binary
         cli_mount = next(m for m in info["Mounts"] if m["Destination"] == "/usr/local/bin/claude")
-        assert not cli_mount["RW"] and Path(cli_mount["Source"]) == cli_binary()
+        assert not cli_mount["RW"] and Path(cli_mount["Source"]).parent == neutral_dir()
+        assert Path(cli_mount["Source"]).stat().st_ino == cli_binary().stat().st_ino  # a hard link, no copy
         assert config["User"] == "1000:1000" and config["WorkingDir"] == "/workspace"
         assert config["OpenStdin"] and config["StdinOnce"] and not config["Tty"]
         assert config["Labels"][LABEL_RUN_ID] == spec.run_id and config["Labels"][LABEL_APP] == "1"

@@ -32,7 +32,7 @@ BEGIN = "<!-- BEGIN GENERATED TABLE: `make security` rewrites everything up to t
 END = "<!-- END GENERATED TABLE -->"
 
 AREAS = [
-    "network", "credentials", "host filesystem", "privileges", "resources", "broker",
+    "network", "credentials", "host filesystem", "terminal", "privileges", "resources", "broker",
     "remote executor", "upstream faults", "crash and infrastructure faults", "bad input",
 ]
 
@@ -50,6 +50,26 @@ REFERENCED: dict[str, tuple[str, str, str, str]] = {
         "symlinks (final component and directories, dangling), hard links, FIFOs and planted temp names "
         "where the broker and orchestrator write and read",
         "no write or read ever follows a link out of the workspace; FIFOs never block",
+    ),
+    "tests/executors/test_mountcheck.py": (
+        "host filesystem", "a run folder swapped before the container starts (unit)",
+        "the run folder replaced by a link or by another folder after the host made it; a container whose "
+        "/workspace is not the folder the host made",
+        "refused on the host before the container is created; the entrypoint exits 70 before anything runs",
+    ),
+    "tests/test_session.py": (
+        "host filesystem", "saved system prompts in the session transcript (unit)",
+        "prompt snapshots in the CLI's transcript, one after another, next to broken lines and links",
+        "every snapshot removed and the conversation re-linked; nothing read or written through a link",
+    ),
+    "tests/viewer/test_viewer_api.py::test_only_loopback_host_names_are_answered": (
+        "network", "DNS rebinding against the viewer (unit)",
+        "requests to the viewer under another host name, with and without --allow-remote",
+        "refused (403) unless loopback, an IP address, this machine's name or an --allow-host name",
+    ),
+    "tests/viewer/test_viewer_api.py::test_event_streams_are_capped": (
+        "resources", "event streams held open on the viewer (unit)", "more live event streams than the cap",
+        "503 with Retry-After past the cap; a slot frees when a stream closes",
     ),
     "tests/cli/test_cli.py::test_empty_input_file": (
         "bad input", "empty input file", "`fsrlm run empty.log`",

@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import textwrap
 import sys
 import time
 import urllib.request
@@ -18,7 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
+from fsrlm import RLM
 from fsrlm.cli.main import cli
+from fsrlm.testing.plans import script_plan
 from fsrlm.errors import InputError
 from fsrlm.viewer import ViewerSettings, create_app
 from fsrlm.viewer.server import CSP, is_loopback
@@ -119,8 +123,64 @@ async def test_only_loopback_host_names_are_answered(recorded_run, client: Clien
     assert (await c.get("/api/run", headers={"Host": "[::1]:8000"})).status == 200
     # a DNS-rebinding page reaches the port under its own name: refused
     assert (await c.get("/api/run", headers={"Host": "evil.example:8000"})).status == 403
-    remote = await client(recorded_run.path, allow_remote=True)
+    # --allow-remote answers other Hosts, but still not a name someone else's DNS points here
+    remote = await client(recorded_run.path, allow_remote=True, allowed_hosts=("viewer.example",))
     assert (await remote.get("/api/run", headers={"Host": "viewer.example:8000"})).status == 200
+    assert (await remote.get("/api/run", headers={"Host": "192.0.2.7:8000"})).status == 200
+    assert (await remote.get("/api/run", headers={"Host": "[2001:db8::1]:8000"})).status == 200
+    assert (await remote.get("/api/run", headers={"Host": f"{socket.gethostname()}:8000"})).status == 200
+    refused = await remote.get("/api/run", headers={"Host": "evil.example:8000"})
+    assert refused.status == 403 and "--allow-host" in await refused.text()
+
+
+async def test_event_streams_are_capped(recorded_run, client: Client) -> None:
+    c = await client(recorded_run.path, max_event_streams=2)
+    first = await c.get("/api/events")
+    second = await c.get("/api/events")
+    assert first.status == second.status == 200
+    third = await c.get("/api/events")
+    assert third.status == 503 and third.headers["Retry-After"] == "5"
+    first.close()
+    for _ in range(100):  # the server notices the closed stream at its next write
+        again = await c.get("/api/events")
+        if again.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert again.status == 200
+    second.close()
+    again.close()
+
+
+async def test_nested_runs_are_listed_and_served(scripted, make_config, client: Client, tmp_path: Path) -> None:
+    scripted.plan = script_plan(textwrap.dedent("""
+        import os
+        from llm_client import rlm_query, write_answer
+        if os.environ["FSRLM_DEPTH"] == "0":
+            os.symlink("/etc", "nested")  # a link the viewer must not take for the nested runs
+            write_answer("parent got: " + rlm_query("child question", "child context"))
+        else:
+            write_answer("child answer")
+    """))
+    result = RLM(make_config("local", max_depth=1)).invoke("input", question="q")
+    assert result.success, result.errors
+    child = result.nested[0]
+    c = await client(result.workspace_path)
+    snap = await get_json(c, "/api/run")
+    assert [(n["run_id"], n["status"], n["question"]) for n in snap["nested"]] == [
+        (child.run_id, "completed", "child question")]
+    inner = await get_json(c, f"/nested/{child.run_id}/api/run")
+    assert inner["answer"] == "child answer" and inner["nested"] == []
+    assert (await c.get(f"/nested/{child.run_id}/")).status == 200
+    assert (await c.get(f"/nested/{child.run_id}", allow_redirects=False)).headers["Location"] == \
+        f"/nested/{child.run_id}/"
+    for bad in ("/nested/passwd/api/run", f"/run/{child.run_id}/api/run", "/nested/.x/api/run", "/nested/a/b/api/run"):
+        assert (await c.get(bad)).status == 404, bad
+    folder = await client(result.workspace_path.parent)
+    runs = await get_json(folder, "/api/runs")
+    assert [r["run_id"] for r in runs["runs"]] == [result.run_id]  # <run>.nested/ is not a run
+    deep = await get_json(folder, f"/run/{result.run_id}/nested/{child.run_id}/api/run")
+    assert deep["run_id"] == child.run_id
+    assert (await folder.get(f"/nested/{child.run_id}/api/run")).status == 404
 
 
 async def test_live_run_totals_come_from_the_audit_log(recorded_run, client: Client) -> None:

@@ -158,7 +158,7 @@ function renderRunList(info) {
 
 const SECTIONS = [
   ["totals", "Totals"], ["question", "Question"], ["answer", "Answer"], ["timeline", "Timeline"],
-  ["scripts", "Scripts"], ["subcalls", "Subcalls"], ["artifacts", "Artifacts"],
+  ["scripts", "Scripts"], ["subcalls", "Subcalls"], ["nested", "Nested runs"], ["artifacts", "Artifacts"],
 ];
 
 const view = {
@@ -216,6 +216,7 @@ function renderSnapshot(snap) {
     answer: [renderAnswer, [snap.answer, snap.status]],
     scripts: [renderScripts, [snap.scripts]],
     subcalls: [renderSubcalls, [snap.subcalls]],
+    nested: [renderNested, [snap.nested]],
     artifacts: [renderArtifacts, [snap.artifacts, snap.artifact_count]],
   };
   for (const [name, [render, data]] of Object.entries(parts)) {
@@ -397,6 +398,26 @@ function renderSubcalls(snap) {
   replaceChildren(p.body, el("div", { class: "table-wrap" }, el("table", { class: "subcalls" },
     el("thead", {}, el("tr", {}, heads.map((h, i) => el("th", { class: i >= 4 && i <= 7 || i === 0 ? "num" : null, text: h })))),
     body)));
+}
+
+// Runs started by rlm_query: their folders are in <run>.nested/, served under nested/<name>/.
+function renderNested(snap) {
+  const p = view.panels.nested;
+  const runs = snap.nested || [];
+  p.count.textContent = runs.length + " runs";
+  if (!runs.length) {
+    replaceChildren(p.body, el("p", { class: "muted", text: "No nested runs (rlm_query)." }));
+    return;
+  }
+  replaceChildren(p.body, el("div", { class: "table-wrap" }, el("table", { class: "runs" },
+    el("thead", {}, el("tr", {}, ["run", "question", "status", "cost"].map(
+      (h, i) => el("th", { class: i >= 3 ? "num" : null, text: h })))),
+    el("tbody", {}, runs.map((run) => el("tr", { class: "run" },
+      el("td", { class: "mono" }, el("a", { href: "nested/" + encodeURIComponent(run.name) + "/", text: run.run_id })),
+      el("td", { class: "q", text: oneLine(run.question || "—", 200) }),
+      el("td", {}, badge(run.status)),
+      el("td", { class: "num", text: dollars(run.cost_usd) }),
+    ))))));
 }
 
 function renderArtifacts(snap) {
