@@ -8,6 +8,20 @@ from pathlib import Path
 FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
 
 
+def fsrlm_executable() -> str:
+    """The ``fsrlm`` console script of the interpreter running the tests (as a user runs it)."""
+    import shutil
+    import sys
+
+    import pytest
+
+    candidate = Path(sys.executable).parent / "fsrlm"
+    found = str(candidate) if candidate.exists() else shutil.which("fsrlm")
+    if not found:
+        pytest.fail("the fsrlm console script is not installed next to the test interpreter")
+    return found
+
+
 def log_lines(n: int = 600, label: str = "ERROR", every: int = 13) -> tuple[str, int]:
     """A log of ``n`` lines where every ``every``-th line has ``label``; returns (text, count)."""
     lines = [

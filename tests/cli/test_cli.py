@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support import log_lines  # tests/support.py, on sys.path through the root conftest
+from support import fsrlm_executable, log_lines  # tests/support.py, on sys.path through the root conftest
 
 from fsrlm.cli.main import cli
 from fsrlm.testing.plans import count_label_plan
@@ -203,13 +201,6 @@ def test_run_json_from_stdin(scripted_env: dict[str, str], input_file: tuple[Pat
     summary = check_json_result(result.stdout, count)
     assert summary["workspace_path"] is None  # a successful run's folder is removed by default
 
-
-def fsrlm_executable() -> str:
-    candidate = Path(sys.executable).parent / "fsrlm"
-    found = str(candidate) if candidate.exists() else shutil.which("fsrlm")
-    if not found:
-        pytest.fail("the fsrlm console script is not installed next to the test interpreter")
-    return found
 
 
 def test_run_json_real_subprocess(scripted_env: dict[str, str], input_file: tuple[Path, int]) -> None:
