@@ -50,7 +50,7 @@ OTHER_ENV_VARIABLES = frozenset({
     "FSRLM_TUNNEL_READY", "FSRLM_IMAGE_HASH",  # inside the sandbox / the image build
     "FSRLM_DOCKER_WAIT", "FSRLM_DOCKERD_LOG", "FSRLM_DOCKER_CHECK_TIMEOUT",  # scripts/ensure-docker.sh
     "FSRLM_DEBIAN_MIRROR", "FSRLM_DEBIAN_SUITE",  # images/base/build-base.sh
-    "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY",  # the test suites
+    "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY", "FSRLM_RAY_CLUSTER",  # the test suites, test Ray clusters
 })
 _UPSTREAM_ENV = ("base_url", "api_key", "aws_region")
 

@@ -59,6 +59,6 @@ def test_image_build_locks_leave_nothing_behind(tmp_path: Path, monkeypatch: pyt
     from fsrlm.executors.docker import image
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with image._build_lock("ship-tcp://127.0.0.1:41234-fsrlm-sandbox:0.1.0-abc"):
+    with image.build_lock("ship-tcp://127.0.0.1:41234-fsrlm-sandbox:0.1.0-abc"):
         assert len(list(tmp_path.glob("fsrlm-image-*.lock"))) == 1
     assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,10 @@ from fsrlm.testing.plans import FinalStep, Plan, bash_plan, count_label_plan
 from fsrlm.testing.scripted_model import ScriptedModelServer
 
 
+# A command that keeps the agent busy (the CLI refuses a bare `sleep N` as a way of waiting).
+BUSY = "python3 -c 'import time; time.sleep(60)'"
+
+
 def invoke(args: list[str], env: dict[str, str] | None = None, **kwargs) -> Result:
     return CliRunner().invoke(cli, args, env=env, prog_name="fsrlm", **kwargs)
 
@@ -115,9 +119,9 @@ def start_and_interrupt(args: list[str], env: dict[str, str]) -> tuple[subproces
         deadline = time.monotonic() + 60
         for line in proc.stderr:  # plain progress lines: the agent's Bash call shows up
             seen.append(line)
-            if "Bash: sleep" in line or time.monotonic() > deadline:
+            if "Bash: python3 -c" in line or time.monotonic() > deadline:
                 break
-        assert any("Bash: sleep" in line for line in seen), "".join(seen)
+        assert any("Bash: python3 -c" in line for line in seen), "".join(seen)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -131,7 +135,7 @@ def start_and_interrupt(args: list[str], env: dict[str, str]) -> tuple[subproces
 
 @pytest.mark.slow
 def test_ctrl_c_says_where_the_run_folder_is(env, model, log_file) -> None:
-    model.plan = bash_plan("sleep 60")
+    model.plan = bash_plan(BUSY)
     proc, took = start_and_interrupt(["run", str(log_file[0]), "-q", "How many ERROR lines?"], env)
     assert proc.returncode == 130, proc.stderr
     assert took < 10, took  # the sandbox and the broker are stopped, not waited out
@@ -146,7 +150,7 @@ def test_ctrl_c_says_where_the_run_folder_is(env, model, log_file) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_with_json_prints_the_interrupted_result(env, model, log_file) -> None:
-    model.plan = bash_plan("sleep 60")
+    model.plan = bash_plan(BUSY)
     proc, took = start_and_interrupt(["run", str(log_file[0]), "-q", "How many ERROR lines?", "--json"], env)
     assert proc.returncode == 130, proc.stderr
     summary = json.loads(proc.stdout)
@@ -287,7 +291,7 @@ def test_warnings_reach_the_user_as_sentences() -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_docker_timeout_prints_no_raw_log_line(env, model, log_file, docker_image) -> None:
-    model.plan = bash_plan("sleep 60")
+    model.plan = bash_plan(BUSY)
     started = time.monotonic()
     proc = subprocess.run([fsrlm_executable(), "run", str(log_file[0]), "--executor", "docker", "--timeout", "4"],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
