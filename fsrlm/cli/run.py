@@ -17,7 +17,6 @@ from fsrlm.cli.progress import make_progress
 from fsrlm.config import load_config
 from fsrlm.errors import FsrlmError, InputError
 from fsrlm.executors.configs import EXECUTOR_TYPES
-from fsrlm.rlm import RLM
 
 UPSTREAM_TYPES = ("anthropic", "bedrock", "compatible")
 
@@ -86,6 +85,8 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
         raise InputError(f"{why}; or pass --allow-binary to run on the bytes as they are.")
     if size and (note := budget_note(size, config)):
         click.echo(f"fsrlm: note: {note}", err=True)
+
+    from fsrlm.rlm import RLM  # the Agent SDK loads only now: a bad input or config fails before it, at once
 
     progress = make_progress(quiet=quiet, as_json=as_json)
     tracker = RunTracker(forward=progress)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,3 +302,22 @@ def test_a_docker_timeout_prints_no_raw_log_line(env, model, log_file, docker_im
     assert "WARNING" not in proc.stderr and "executors.docker" not in proc.stderr, proc.stderr
     assert "error: the run exceeded timeout_seconds=4" in proc.stderr
     assert kept_folder(proc.stderr).is_dir()
+
+
+def test_bad_input_and_bad_settings_fail_before_the_agent_sdk_loads(tmp_path: Path) -> None:
+    """The time to fail is the command line's start-up alone: nothing heavy is imported first."""
+    gz = tmp_path / "app.log.gz"
+    gz.write_bytes(gzip.compress(b"ERROR x\n"))
+    code = ("import sys; from fsrlm.cli.main import cli\n"
+            f"for args, env in (([\'run\', {str(gz)!r}], {{}}), ([\'run\', {str(gz)!r}, \'--allow-binary\'], "
+            "{'FSRLM_MAX_SUBCALS_PER_SCRIPT': '3'})):\n"
+            "    import os; os.environ.update(env)\n"
+            "    try:\n"
+            "        cli(args, prog_name='fsrlm')\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 2, e.code\n"
+            "heavy = [m for m in ('claude_agent_sdk', 'docker', 'aiohttp') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "is gzip-compressed data" in proc.stderr and "did you mean FSRLM_MAX_SUBCALLS_PER_SCRIPT" in proc.stderr
