@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support import fsrlm_executable, log_lines
+from support import fsrlm_executable, log_lines, scripted_cli_env
 
 from fsrlm.cli.main import cli
 from fsrlm.testing.plans import FinalStep, Plan, bash_plan, count_label_plan
@@ -43,24 +43,8 @@ def model() -> Iterator[ScriptedModelServer]:
 
 @pytest.fixture
 def env(model: ScriptedModelServer, tmp_path: Path) -> dict[str, str]:
-    return {
-        "FSRLM_UPSTREAM": "compatible",
-        "FSRLM_UPSTREAM_BASE_URL": model.url,
-        "FSRLM_CACHE_DIR": str(tmp_path / "cache"),
-        "FSRLM_ROOT_MODEL": "scripted-root",
-        "FSRLM_SUBMODEL": "scripted-sub",
-        "FSRLM_TIMEOUT_SECONDS": "120",
-        "FSRLM_EXECUTOR": "local",
-        "FSRLM_WORKSPACE_DIR": str(tmp_path / "runs"),  # kept (failed) run folders stay in the test's tmp
-    }
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> tuple[Path, int]:
-    text, count = log_lines()
-    path = tmp_path / "app.log"
-    path.write_text(text)
-    return path, count
+    return {**scripted_cli_env(model.url, tmp_path), "FSRLM_EXECUTOR": "local",
+            "FSRLM_WORKSPACE_DIR": str(tmp_path / "runs")}  # kept (failed) run folders stay in the test's tmp
 
 
 def kept_folder(stderr: str) -> Path:
@@ -71,15 +55,15 @@ def kept_folder(stderr: str) -> Path:
 # -- success, quietly ----------------------------------------------------------------------
 
 
-def test_quiet_prints_the_answer_and_nothing_else(env: dict[str, str], log_file: tuple[Path, int]) -> None:
-    result = invoke(["run", str(log_file[0]), "-q", "How many ERROR lines?", "--quiet"], env=env)
+def test_quiet_prints_the_answer_and_nothing_else(env: dict[str, str], input_file: tuple[Path, int]) -> None:
+    result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?", "--quiet"], env=env)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == str(log_file[1])
+    assert result.stdout.strip() == str(input_file[1])
     assert result.stderr == ""  # no progress, no summary line
 
 
-def test_without_quiet_a_summary_line_follows(env: dict[str, str], log_file: tuple[Path, int]) -> None:
-    result = invoke(["run", str(log_file[0]), "-q", "How many ERROR lines?"], env=env)
+def test_without_quiet_a_summary_line_follows(env: dict[str, str], input_file: tuple[Path, int]) -> None:
+    result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?"], env=env)
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("[completed] 3 turns")  # the summary line
 
@@ -87,10 +71,10 @@ def test_without_quiet_a_summary_line_follows(env: dict[str, str], log_file: tup
 # -- a failed run says where its folder is ---------------------------------------------------
 
 
-def test_a_run_without_an_answer_says_where_its_folder_is(env, model, log_file) -> None:
+def test_a_run_without_an_answer_says_where_its_folder_is(env, model, input_file) -> None:
     model.plan = Plan([FinalStep("I looked but wrote nothing.")])
     for quiet in ([], ["--quiet"]):
-        result = invoke(["run", str(log_file[0]), "-q", "How many ERROR lines?", *quiet], env=env)
+        result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?", *quiet], env=env)
         assert result.exit_code == 1, result.output
         folder = kept_folder(result.stderr)
         assert (folder / "state" / "job.json").is_file()
@@ -99,9 +83,9 @@ def test_a_run_without_an_answer_says_where_its_folder_is(env, model, log_file) 
         assert ("[no_answer]" in result.stderr) == (not quiet)  # --quiet drops only the summary
 
 
-def test_json_of_a_failed_run_names_the_folder(env, model, log_file) -> None:
+def test_json_of_a_failed_run_names_the_folder(env, model, input_file) -> None:
     model.plan = Plan([FinalStep("nothing")])
-    result = invoke(["run", str(log_file[0]), "--json"], env=env)
+    result = invoke(["run", str(input_file[0]), "--json"], env=env)
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["stop_reason"] == "no_answer" and summary["success"] is False
@@ -135,9 +119,9 @@ def start_and_interrupt(args: list[str], env: dict[str, str]) -> tuple[subproces
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_where_the_run_folder_is(env, model, log_file) -> None:
+def test_ctrl_c_says_where_the_run_folder_is(env, model, input_file) -> None:
     model.plan = bash_plan(BUSY)
-    proc, took = start_and_interrupt(["run", str(log_file[0]), "-q", "How many ERROR lines?"], env)
+    proc, took = start_and_interrupt(["run", str(input_file[0]), "-q", "How many ERROR lines?"], env)
     assert proc.returncode == 130, proc.stderr
     assert took < 10, took  # the sandbox and the broker are stopped, not waited out
     tail = proc.stderr.strip().splitlines()
@@ -150,9 +134,9 @@ def test_ctrl_c_says_where_the_run_folder_is(env, model, log_file) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_with_json_prints_the_interrupted_result(env, model, log_file) -> None:
+def test_ctrl_c_with_json_prints_the_interrupted_result(env, model, input_file) -> None:
     model.plan = bash_plan(BUSY)
-    proc, took = start_and_interrupt(["run", str(log_file[0]), "-q", "How many ERROR lines?", "--json"], env)
+    proc, took = start_and_interrupt(["run", str(input_file[0]), "-q", "How many ERROR lines?", "--json"], env)
     assert proc.returncode == 130, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["stop_reason"] == "interrupted" and summary["success"] is False and summary["answer"] is None
@@ -165,9 +149,9 @@ def test_ctrl_c_with_json_prints_the_interrupted_result(env, model, log_file) ->
 # -- the budget ----------------------------------------------------------------------------------
 
 
-def test_a_budget_stop_ends_with_the_budget(env, model, log_file) -> None:
+def test_a_budget_stop_ends_with_the_budget(env, model, input_file) -> None:
     # The scripted root call costs about $0.05 at Sonnet prices: the second one is refused.
-    result = invoke(["run", str(log_file[0]), "-q", "How many ERROR lines?", "--max-budget-usd", "0.01"], env=env)
+    result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?", "--max-budget-usd", "0.01"], env=env)
     assert result.exit_code == 3, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("fsrlm: budget of $0.01 spent ($0.0"), last
@@ -220,18 +204,18 @@ def test_allow_binary_runs_on_the_bytes(tmp_path: Path, env: dict[str, str], mod
 # -- configuration mistakes -------------------------------------------------------------------------
 
 
-def test_a_misspelt_variable_is_refused_with_a_suggestion(log_file, env) -> None:
-    result = invoke(["run", str(log_file[0])], env={**env, "FSRLM_MAX_SUBCALS_PER_SCRIPT": "3"})
+def test_a_misspelt_variable_is_refused_with_a_suggestion(input_file, env) -> None:
+    result = invoke(["run", str(input_file[0])], env={**env, "FSRLM_MAX_SUBCALS_PER_SCRIPT": "3"})
     assert result.exit_code == 2
     assert ("FSRLM_MAX_SUBCALS_PER_SCRIPT: not an fsRLM setting; did you mean FSRLM_MAX_SUBCALLS_PER_SCRIPT?"
             in result.stderr)
     assert "Traceback" not in result.stderr
 
 
-def test_an_unknown_field_in_the_file_gets_a_suggestion(log_file, tmp_path: Path) -> None:
+def test_an_unknown_field_in_the_file_gets_a_suggestion(input_file, tmp_path: Path) -> None:
     config = tmp_path / "fsrlm.toml"
     config.write_text("max_turnz = 3\n[executor]\ntype = 'docker'\nmemroy = '1g'\n")
-    result = invoke(["run", str(log_file[0]), "--config", str(config)])
+    result = invoke(["run", str(input_file[0]), "--config", str(config)])
     assert result.exit_code == 2
     assert "max_turnz: unknown setting; did you mean max_turns?" in result.stderr
     assert "executor.memroy: unknown setting of the docker executor; did you mean executor.memory?" in result.stderr
@@ -257,13 +241,13 @@ def test_run_help_explains_every_option_and_exit_code() -> None:
         assert option in text, option
 
 
-def test_upstream_url_flag_reaches_the_scripted_model(model, log_file, tmp_path: Path) -> None:
+def test_upstream_url_flag_reaches_the_scripted_model(model, input_file, tmp_path: Path) -> None:
     env = {"FSRLM_CACHE_DIR": str(tmp_path / "cache"), "FSRLM_EXECUTOR": "local",  # no FSRLM_UPSTREAM*
            "FSRLM_WORKSPACE_DIR": str(tmp_path / "runs")}
-    result = invoke(["run", str(log_file[0]), "-q", "How many ERROR lines?", "--upstream-url", model.url,
+    result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?", "--upstream-url", model.url,
                      "--root-model", "scripted-root", "--submodel", "scripted-sub", "--quiet"], env=env)
     assert result.exit_code == 0, result.output  # compatible implied: no key needed
-    assert result.stdout.strip() == str(log_file[1])
+    assert result.stdout.strip() == str(input_file[1])
     assert model.requests_of("subcall")
 
 
@@ -291,10 +275,10 @@ def test_warnings_reach_the_user_as_sentences() -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_docker_timeout_prints_no_raw_log_line(env, model, log_file, docker_image) -> None:
+def test_a_docker_timeout_prints_no_raw_log_line(env, model, input_file, docker_image) -> None:
     model.plan = bash_plan(BUSY)
     started = time.monotonic()
-    proc = subprocess.run([fsrlm_executable(), "run", str(log_file[0]), "--executor", "docker", "--timeout", "4"],
+    proc = subprocess.run([fsrlm_executable(), "run", str(input_file[0]), "--executor", "docker", "--timeout", "4"],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     took = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr
