@@ -7,32 +7,43 @@ from fsrlm.costs import estimate
 
 SNIFF_BYTES = 8192
 
-# Leading bytes of formats a user may hand over by mistake, and what to do instead.
-_MAGIC: list[tuple[bytes, str, str]] = [
-    (b"\x1f\x8b", "gzip-compressed data", "zcat {name} | fsrlm run - ..."),
-    (b"BZh", "bzip2-compressed data", "bzcat {name} | fsrlm run - ..."),
-    (b"\xfd7zXZ\x00", "xz-compressed data", "xzcat {name} | fsrlm run - ..."),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "zstdcat {name} | fsrlm run - ..."),
-    (b"PK\x03\x04", "a zip archive (or an Office document)", "unzip it and run on the text file"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", "extract it and run on the text file"),
-    (b"%PDF-", "a PDF document", "pdftotext {name} - | fsrlm run - ..."),
-    (b"\x7fELF", "an executable (ELF)", "run on its text output or logs instead"),
-    (b"\x89PNG", "a PNG image", "attach images through the Python API's messages instead"),
-    (b"\xff\xd8\xff", "a JPEG image", "attach images through the Python API's messages instead"),
-    (b"PAR1", "a Parquet file", "export it as CSV or JSON lines first"),
-    (b"SQLite format 3\x00", "an SQLite database", "dump it first: sqlite3 {name} .dump | fsrlm run - ..."),
-    (b"\xff\xfe", "UTF-16 text", "iconv -f UTF-16 -t UTF-8 {name} | fsrlm run - ..."),
-    (b"\xfe\xff", "UTF-16 text", "iconv -f UTF-16 -t UTF-8 {name} | fsrlm run - ..."),
+# Leading bytes of formats a user may hand over by mistake: what it is, the filter that turns a stream
+# of it into text (for a pipe), and what to do with a file of it.
+_MAGIC: list[tuple[bytes, str, str | None, str]] = [
+    (b"\x1f\x8b", "gzip-compressed data", "zcat", "zcat {name} | fsrlm run - ..."),
+    (b"BZh", "bzip2-compressed data", "bzcat", "bzcat {name} | fsrlm run - ..."),
+    (b"\xfd7zXZ\x00", "xz-compressed data", "xzcat", "xzcat {name} | fsrlm run - ..."),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "zstdcat", "zstdcat {name} | fsrlm run - ..."),
+    (b"PK\x03\x04", "a zip archive (or an Office document)", None, "unzip it and run on the text file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None, "extract it and run on the text file"),
+    (b"%PDF-", "a PDF document", "pdftotext - -", "pdftotext {name} - | fsrlm run - ..."),
+    (b"\x7fELF", "an executable (ELF)", None, "run on its text output or logs instead"),
+    (b"\x89PNG", "a PNG image", None, "attach images through the Python API's messages instead"),
+    (b"\xff\xd8\xff", "a JPEG image", None, "attach images through the Python API's messages instead"),
+    (b"PAR1", "a Parquet file", None, "export it as CSV or JSON lines first"),
+    (b"SQLite format 3\x00", "an SQLite database", None, "dump it first: sqlite3 {name} .dump | fsrlm run - ..."),
+    (b"\xff\xfe", "UTF-16 text", "iconv -f UTF-16 -t UTF-8", "iconv -f UTF-16 -t UTF-8 {name} | fsrlm run - ..."),
+    (b"\xfe\xff", "UTF-16 text", "iconv -f UTF-16 -t UTF-8", "iconv -f UTF-16 -t UTF-8 {name} | fsrlm run - ..."),
 ]
 
 
-def not_text(head: bytes, name: str) -> str | None:
-    """Why ``head`` (the input's first bytes) is not text the models can read, with what to do; else None."""
-    for magic, what, fix in _MAGIC:
+def not_text(head: bytes, name: str | None) -> str | None:
+    """Why ``head`` (the input's first bytes) is not text the models can read, with what to do; else None.
+
+    ``name`` is the input file, or None for standard input.
+    """
+    shown = name or "the input on stdin"
+    for magic, what, pipe_filter, file_fix in _MAGIC:
         if head.startswith(magic):
-            return f"{name} is {what}, not text: the agent and its models read text. Instead: " + fix.format(name=name)
+            if name is not None:
+                fix = file_fix.format(name=name)
+            elif pipe_filter:
+                fix = f"put {pipe_filter.split()[0]} in the pipe: ... | {pipe_filter} | fsrlm run - ..."
+            else:
+                fix = "convert it to text before the pipe"
+            return f"{shown} is {what}, not text: the agent and its models read text. Instead: {fix}"
     if b"\x00" in head:
-        return (f"{name} holds NUL bytes in its first {min(len(head), SNIFF_BYTES):,} bytes: it is binary data, "
+        return (f"{shown} holds NUL bytes in its first {min(len(head), SNIFF_BYTES):,} bytes: it is binary data, "
                 "not text, and the agent and its models read text. Convert it to text first")
     return None
 

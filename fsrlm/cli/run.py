@@ -69,7 +69,7 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
     if input_path == "-":
         prompt: Any = sys.stdin.buffer
         peek = getattr(prompt, "peek", None)  # a pipe can be looked at without consuming it
-        head, size, name = (peek(SNIFF_BYTES)[:SNIFF_BYTES] if peek else b""), None, "the input on stdin"
+        head, size, name = (peek(SNIFF_BYTES)[:SNIFF_BYTES] if peek else b""), None, None
     else:
         path = Path(input_path)
         if not path.is_file():

@@ -305,3 +305,14 @@ def test_bad_input_and_bad_settings_fail_before_the_agent_sdk_loads(tmp_path: Pa
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "is gzip-compressed data" in proc.stderr and "did you mean FSRLM_MAX_SUBCALLS_PER_SCRIPT" in proc.stderr
+
+
+def test_binary_input_on_a_pipe_is_refused_with_a_filter_to_add(tmp_path: Path) -> None:
+    proc = subprocess.run([fsrlm_executable(), "run", "-"], input=gzip.compress(b"ERROR x\n" * 100),
+                          capture_output=True, timeout=60, env={**os.environ, "FSRLM_WORKSPACE_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == (
+        "fsrlm: the input on stdin is gzip-compressed data, not text: the agent and its models read text. "
+        "Instead: put zcat in the pipe: ... | zcat | fsrlm run - ...; or pass --allow-binary to run on the "
+        "bytes as they are.")
+    assert list(tmp_path.iterdir()) == []  # nothing was written
