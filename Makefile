@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Respects DOCKER_HOST / DOCKER_CONTEXT: an engine named there is checked, never started.
 docker:
 	@bash scripts/ensure-docker.sh
 
@@ -26,7 +27,9 @@ image: setup docker
 
 run: setup
 	@test -n "$(INPUT)" || { echo 'usage: make run INPUT=path/to/file QUESTION="..."' >&2; exit 2; }
-	@if [ "$$($(PY) -c 'from fsrlm.config import load_config; print(load_config().executor.type)')" != "local" ]; then \
+	@# The image only for a sandboxed executor; a configuration error is left to `fsrlm run` to explain.
+	@executor="$$($(PY) -c 'from fsrlm.config import load_config; print(load_config().executor.type)' 2>/dev/null)"; \
+	if [ "$$executor" = docker ] || [ "$$executor" = remote-docker ]; then \
 		$(MAKE) --no-print-directory image; fi
 	$(FSRLM) run "$(INPUT)" $(if $(QUESTION),--question "$(QUESTION)")
 

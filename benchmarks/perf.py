@@ -8,12 +8,12 @@ figures are the machinery's own cost, not a model's. Sections:
   chunking chunk_file throughput and peak memory for 1 MB, 100 MB and 1 GB inputs
   startup  how long `fsrlm --help`, `fsrlm gc`, `fsrlm view --help` and `import fsrlm` take
   runs     per-run overhead of each executor vs the bare CLI on the same script
-  jobs     the reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms) per executor
+  jobs     the reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms; benchmarks/README.md) per executor
   parallel N concurrent runs per executor: throughput and failures
+  remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
 Executors: local, docker, and docker-warm (docker from a warm pool: ``executor.warm``; each timed run
 takes a sandbox the pool started while the previous one ran).
-  remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
 Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
 """
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ from fsrlm.rlm import RLM
 from fsrlm.testing.plans import bash_plan, count_label_plan
 from fsrlm.testing.scripted_model import ScriptedModelServer
 
-ROOT = Path(__file__).resolve().parents[1]
+# The in-sandbox tools (llm_client.py, chunking.py), wherever fsRLM is installed.
+TOOLS = str(resources.files("fsrlm.tools.workspace"))
 Row = dict[str, Any]
 
 
@@ -141,7 +143,7 @@ async def bench_batch(cases: list[tuple[int, int]], latency_ms: float) -> list[R
             broker = broker_for(model.url, ws, cache=None, concurrency=concurrency)
             endpoint = await broker.start()
             port = await endpoint.open_tcp()
-            env = {**os.environ, "PYTHONPATH": str(ROOT / "tools"), "FSRLM_BROKER_URL": f"http://127.0.0.1:{port}",
+            env = {**os.environ, "PYTHONPATH": TOOLS, "FSRLM_BROKER_URL": f"http://127.0.0.1:{port}",
                    "FSRLM_BROKER_TOKEN": "bench-token", "FSRLM_WORKSPACE": str(ws),
                    "FSRLM_SUBCALL_CONCURRENCY": str(concurrency)}
             try:
@@ -187,7 +189,7 @@ def bench_chunking(sizes_mb: list[int]) -> list[Row]:
                 for _ in range(mb):
                     f.write(block[: 1024 * 1024])
             out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT / "tools")}, check=True).stdout.split()
+                                 env={**os.environ, "PYTHONPATH": TOOLS}, check=True).stdout.split()
             seconds, chunks, peak = float(out[0]), int(out[1]), int(out[2])
             rows.append({"input": f"{mb} MB", "chunks": chunks, "seconds": round(seconds, 3),
                          "MB_per_s": round(mb / seconds, 1), "peak_heap_MB": round(peak / 2**20, 2)})
@@ -339,27 +341,39 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
 
     results: dict[str, list[Row]] = {}
+
+    def section(title: str, rows: list[Row]) -> None:
+        # Each table as soon as it is measured: a full run takes minutes.
+        results[title] = rows
+        if not args.json:
+            print_table(title, rows)
+            sys.stdout.flush()
+
+    if not args.json:
+        print(f"# fsRLM benchmarks — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+              f"executors: {', '.join(executors)}", flush=True)
     if "startup" in only:
         from fsrlm.benchmarks.startup import bench_startup
 
-        results["command-line start-up (target <= 0.3 s)"] = bench_startup(5 if quick else 11)
+        section("command-line start-up (target <= 0.3 s)", bench_startup(5 if quick else 11))
     if "broker" in only:
-        results["broker overhead (scripted model at 0 ms)"] = asyncio.run(bench_broker(100 if quick else 500))
+        section("broker overhead (scripted model at 0 ms)", asyncio.run(bench_broker(100 if quick else 500)))
     if "batch" in only:
         cases = [(100, 1), (100, 4), (100, 16), (100, 64)]
         if not quick:
             cases += [(1000, 4), (1000, 16), (1000, 64)]
-        results["llm_batch wall time, 200 ms per call (target: 100 calls at 16 within 1.3x ideal)"] = asyncio.run(
-            bench_batch(cases, 200))
+        section("llm_batch wall time, 200 ms per call (target: 100 calls at 16 within 1.3x ideal)",
+                asyncio.run(bench_batch(cases, 200)))
     if "chunking" in only:
-        results["chunking throughput and peak memory (target >= 100 MB/s, flat memory)"] = bench_chunking(
-            [1, 100] if quick else [1, 100, 1024])
+        section("chunking throughput and peak memory (target >= 100 MB/s, flat memory)",
+                bench_chunking([1, 100] if quick else [1, 100, 1024]))
     if "runs" in only:
-        results["per-run overhead vs the bare CLI (same 2-turn script)"] = bench_runs(executors, 3 if quick else 7)
+        section("per-run overhead vs the bare CLI (same 2-turn script)", bench_runs(executors, 3 if quick else 7))
     if "jobs" in only:
-        results["reference jobs (DESIGN.md), subcall concurrency 16"] = bench_jobs(executors)
+        section("reference jobs (30 chunks at 0 ms, ~100 chunks at 200 ms), subcall concurrency 16",
+                bench_jobs(executors))
     if "parallel" in only:
-        results["concurrent runs on this machine"] = bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16])
+        section("concurrent runs on this machine", bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16]))
 
     if "remote" in only and "docker" in executors:
         if args.remote_host or os.geteuid() == 0:
@@ -370,19 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             with remote_host(args.remote_host) as host:
-                results["remote-docker vs docker, trivial 2-turn run"] = bench_overhead(host, 3 if quick else 5)
-                results["remote-docker workspace transfer (in, then everything back)"] = bench_transfer(host, 100)
+                section("remote-docker vs docker, trivial 2-turn run", bench_overhead(host, 3 if quick else 5))
+                section("remote-docker workspace transfer (in, then everything back)", bench_transfer(host, 100))
         else:
             print("(remote section skipped: give --remote-host, or run as root for a loopback dockerd)",
                   file=sys.stderr)
 
     if args.json:
         print(json.dumps(results, indent=1))
-    else:
-        print(f"# fsRLM benchmarks — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
-              f"executors: {', '.join(executors)}")
-        for title, rows in results.items():
-            print_table(title, rows)
     return 0
 
 

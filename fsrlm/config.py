@@ -1,14 +1,21 @@
 """``RLMConfig``: every setting of a run, loaded from ``fsrlm.toml``, ``FSRLM_*`` and flags.
 
-Precedence, lowest first: defaults, the TOML file, ``FSRLM_*`` environment
-variables, explicit overrides (command-line flags or keyword arguments).
+One rule for every way of making a configuration — ``RLMConfig(...)``,
+``RLM(...)``, ``fsrlm.invoke``, ``load_config`` and the command line — lowest
+first: defaults, the TOML file (``FSRLM_CONFIG`` or ``./fsrlm.toml``),
+``FSRLM_*`` environment variables, then what the caller passed (keyword
+arguments or flags). Only ``RLMConfig.model_validate(mapping)`` takes the
+mapping alone (a configuration stored elsewhere, e.g. a run's own record).
 """
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import json
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +35,24 @@ from fsrlm.executors.configs import EXECUTOR_TYPES, DockerExecutorConfig, Execut
 
 DEFAULT_CONFIG_FILE = "fsrlm.toml"
 ENV_PREFIX = "FSRLM_"
+# Default dollar cap of a run. One pass of the default submodel over a 50 MB log (the headline use case)
+# costs about $14-19 at list prices (the README's cost table, fsrlm/costs.py); $25 lets that finish with
+# the root agent and some retries on top, and still stops a runaway agent at a known, bounded cost.
+DEFAULT_BUDGET_USD = 25.0
+
+# FSRLM_* variables that are not settings: read by fsRLM's other parts (the in-sandbox tools, the relay,
+# the image and Docker scripts, the test and security suites). Any other FSRLM_* name is refused, so a
+# misspelt limit never goes unnoticed (tests/test_config.py checks that this list covers the repository).
+OTHER_ENV_VARIABLES = frozenset({
+    "FSRLM_CONFIG",  # the TOML file to read
+    "FSRLM_BROKER_TOKEN", "FSRLM_BROKER_URL", "FSRLM_BROKER_SOCKET", "FSRLM_RUN_ID", "FSRLM_DEPTH",
+    "FSRLM_WORKSPACE", "FSRLM_RELAY", "FSRLM_RELAY_MODE", "FSRLM_RELAY_LISTEN", "FSRLM_RELAY_TIMEOUT",
+    "FSRLM_TUNNEL_READY", "FSRLM_IMAGE_HASH",  # inside the sandbox / the image build
+    "FSRLM_DOCKER_WAIT", "FSRLM_DOCKERD_LOG", "FSRLM_DOCKER_CHECK_TIMEOUT",  # scripts/ensure-docker.sh
+    "FSRLM_DEBIAN_MIRROR", "FSRLM_DEBIAN_SUITE",  # images/base/build-base.sh
+    "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY", "FSRLM_RAY_CLUSTER",  # the test suites, test Ray clusters
+})
+_UPSTREAM_ENV = ("base_url", "api_key", "aws_region")
 
 
 class UpstreamConfig(BaseModel):
@@ -60,7 +85,8 @@ class RLMConfig(BaseModel):
     max_scripts: int = Field(default=20, gt=0)
     max_subcalls_per_script: int = Field(default=100, gt=0)
     max_total_subcalls: int = Field(default=1000, gt=0)
-    max_budget_usd: float | None = Field(default=5.0, gt=0, description='root + subcalls; None (or "none") for no cap')
+    max_budget_usd: float | None = Field(default=DEFAULT_BUDGET_USD, gt=0,
+                                         description='root + subcalls; None (or "none") for no cap')
     subcall_concurrency: int = Field(default=8, gt=0, le=256)
     submodel: str = "claude-haiku-4-5"
 
@@ -82,6 +108,40 @@ class RLMConfig(BaseModel):
 
     executor: ExecutorConfig = Field(default_factory=DockerExecutorConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+
+    def __init__(self, /, **data: Any) -> None:
+        """Defaults < ``fsrlm.toml`` < ``FSRLM_*`` < ``data``, like the command line; ``ConfigError`` if bad."""
+        if _EXACT.get():  # model_validate, or the sources below already merged
+            super().__init__(**data)
+            return
+        merged = collect_sources(overrides=data)
+        # A keyword argument given as None means None (max_budget_usd=None: no cap), unlike an unset flag.
+        merged.update({key: None for key, value in data.items() if value is None})
+        check_executor_type(merged)
+        token = _EXACT.set(True)
+        try:
+            super().__init__(**merged)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e)) from None
+        finally:
+            _EXACT.reset(token)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> RLMConfig:  # type: ignore[override]
+        """Exactly ``obj``: no file, no environment (pydantic's own errors)."""
+        token = _EXACT.set(True)
+        try:
+            return super().model_validate(obj, **kwargs)
+        finally:
+            _EXACT.reset(token)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes, **kwargs: Any) -> RLMConfig:  # type: ignore[override]
+        token = _EXACT.set(True)
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        finally:
+            _EXACT.reset(token)
 
     @field_validator("max_budget_usd", mode="before")
     @classmethod
@@ -117,14 +177,45 @@ class RLMConfig(BaseModel):
         return Path(base) / "fsrlm"
 
 
+# Set while a mapping is validated as it is (model_validate, or after the sources were merged).
+_EXACT: contextvars.ContextVar[bool] = contextvars.ContextVar("fsrlm_config_exact", default=False)
+
+
 # -- loading -----------------------------------------------------------------
+
+
+def _scalar_fields() -> list[str]:
+    return sorted(set(RLMConfig.model_fields) - {"executor", "upstream"})
+
+
+def setting_env_variables() -> list[str]:
+    """Every ``FSRLM_*`` variable that sets a configuration field."""
+    names = [ENV_PREFIX + name.upper() for name in _scalar_fields()]
+    names += ["FSRLM_EXECUTOR", "FSRLM_UPSTREAM"] + [f"FSRLM_UPSTREAM_{key.upper()}" for key in _UPSTREAM_ENV]
+    return sorted(names)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse an ``FSRLM_*`` variable that sets nothing (a misspelt limit must not be ignored)."""
+    known = set(setting_env_variables())
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known
+                     and name not in OTHER_ENV_VARIABLES)
+    if not unknown:
+        return
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        lines.append(f"  {name}: not an fsRLM setting" + (f"; did you mean {close[0]}?" if close else ""))
+    raise ConfigError("Unknown fsRLM environment variable" + ("s" if len(unknown) > 1 else "") + ":\n"
+                      + "\n".join(lines) + "\nRename or unset it (the settings are FSRLM_<FIELD> for the "
+                      "fields of RLMConfig, listed in the README's Configuration table).")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Map ``FSRLM_*`` variables onto config fields (strings; pydantic coerces them)."""
+    _check_env_names(env)
     out: dict[str, Any] = {}
-    fields = set(RLMConfig.model_fields) - {"executor", "upstream"}
-    for name in fields:
+    for name in _scalar_fields():
         value = env.get(ENV_PREFIX + name.upper())
         if value is not None and value != "":
             out[name] = value
@@ -135,7 +226,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     kind = env.get("FSRLM_UPSTREAM")
     if kind:
         upstream = json.loads(kind) if kind.lstrip().startswith("{") else {"type": kind}
-    for key in ("base_url", "api_key", "aws_region"):
+    for key in _UPSTREAM_ENV:
         value = env.get(f"FSRLM_UPSTREAM_{key.upper()}")
         if value:
             upstream[key] = value
@@ -149,7 +240,7 @@ def merge_settings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str,
     the executor table, ``None`` values are ignored (per-job overrides of ``fsrlm batch``, ``fsrlm resume``)."""
     merged = dict(base)
     for key, value in top.items():
-        if value is None:
+        if value is None:  # an unset flag does not erase lower layers
             continue
         if key == "executor" and isinstance(value, dict) and isinstance(merged.get(key), dict):
             # A different executor type replaces the old table instead of mixing fields.
@@ -181,30 +272,79 @@ def format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = [str(p) for p in item["loc"]]
-        field = ".".join(loc) or "(config)"
+        shown = loc
+        of = ""
+        if len(loc) > 1 and loc[0] == "executor" and loc[1] in EXECUTOR_TYPES:  # pydantic adds the union's tag
+            shown, of = [loc[0], *loc[2:]], f" of the {loc[1]} executor"
+        field = ".".join(shown) or "(config)"
         secret = any(word in field for word in ("key", "secret", "token", "password"))
         got = item.get("input")
         show = got is not None and not isinstance(got, dict | list) and not secret and item["type"] != "extra_forbidden"
         hint = ""
         if loc and loc[0] in RLMConfig.model_fields and loc[0] not in ("executor", "upstream"):
             hint = f"  [env {ENV_PREFIX}{loc[0].upper()}]"
-        message = "unknown setting" if item["type"] == "extra_forbidden" else item["msg"]
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _field_names_at(loc[:-1]), n=1, cutoff=0.6)
+            message = f"unknown setting{of}" + (f"; did you mean {'.'.join([*shown[:-1], close[0]])}?"
+                                                 if close else "")
         lines.append(f"  {field}: {message}" + (f" (got {got!r})" if show else "") + hint)
     return "Invalid fsRLM configuration:\n" + "\n".join(lines)
+
+
+def _field_names_at(loc: list[str]) -> list[str]:
+    """The setting names valid at ``loc`` (``[]`` the top level, ``["executor", "docker"]``, ``["upstream"]``)."""
+    if not loc:
+        return list(RLMConfig.model_fields)
+    if loc[0] == "upstream":
+        return list(UpstreamConfig.model_fields)
+    if loc[0] == "executor" and len(loc) > 1:
+        union = typing.get_args(ExecutorConfig)[0]  # Annotated[Union[...], Field(discriminator="type")]
+        for cls in typing.get_args(union):
+            if cls.model_fields["type"].default == loc[1]:
+                return list(cls.model_fields)
+    return []
+
+
+def check_executor_type(data: Mapping[str, Any]) -> None:
+    executor = data.get("executor")
+    if isinstance(executor, dict) and executor.get("type") not in (None, *EXECUTOR_TYPES):
+        close = difflib.get_close_matches(str(executor.get("type")), EXECUTOR_TYPES, n=1, cutoff=0.6)
+        raise ConfigError(
+            f"Unknown executor type {executor.get('type')!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; valid types: {', '.join(EXECUTOR_TYPES)}."
+        )
 
 
 def build_config(data: Mapping[str, Any]) -> RLMConfig:
     """Validate a mapping into an ``RLMConfig``, turning errors into ``ConfigError``."""
     data = dict(data)
-    executor = data.get("executor")
-    if isinstance(executor, dict) and executor.get("type") not in (None, *EXECUTOR_TYPES):
-        raise ConfigError(
-            f"Unknown executor type {executor.get('type')!r}; valid types: {', '.join(EXECUTOR_TYPES)}."
-        )
+    check_executor_type(data)
     try:
         return RLMConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+
+
+def collect_sources(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The merged, not yet validated settings: TOML file < ``FSRLM_*`` < overrides."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is None:
+        path = env.get("FSRLM_CONFIG") or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None)
+    if path is not None:
+        data = _read_toml(Path(path))
+    try:
+        data = merge_settings(data, _env_overrides(env))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
+    return merge_settings(data, dict(overrides or {}))
 
 
 def load_config(
@@ -216,16 +356,6 @@ def load_config(
     """Load configuration: defaults < TOML file < ``FSRLM_*`` < overrides.
 
     Without ``path``, ``FSRLM_CONFIG`` or ``./fsrlm.toml`` is read when present.
+    ``RLMConfig(**overrides)`` is the same as ``load_config(overrides=overrides)``.
     """
-    env = os.environ if env is None else env
-    data: dict[str, Any] = {}
-    if path is None:
-        path = env.get("FSRLM_CONFIG") or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None)
-    if path is not None:
-        data = _read_toml(Path(path))
-    try:
-        data = merge_settings(data, _env_overrides(env))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
-    data = merge_settings(data, dict(overrides or {}))
-    return build_config(data)
+    return build_config(collect_sources(path, env=env, overrides=overrides))

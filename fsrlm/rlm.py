@@ -41,6 +41,10 @@ class RLM:
     """
 
     def __init__(self, config: RLMConfig | None = None, **overrides: Any) -> None:
+        """``RLM(**settings)`` is ``RLM(RLMConfig(**settings))``: defaults < fsrlm.toml < FSRLM_* < settings.
+
+        With a ``config``, ``overrides`` replace its fields (and nothing more is read).
+        """
         if config is None:
             config = load_config(overrides=overrides)
         elif overrides:

@@ -4,6 +4,10 @@
 #
 #   scripts/ensure-docker.sh          (Makefile `docker` target, .ci/run)
 #
+# DOCKER_HOST or DOCKER_CONTEXT naming any engine but this machine's default
+# socket is respected: that engine is checked, and no daemon is ever installed
+# or started for it (it is someone else's to start).
+#
 # Needs root (or sudo) only when it has to install or start the daemon.
 # The daemon's log goes to /var/log/dockerd.log.
 set -euo pipefail
@@ -18,7 +22,28 @@ as_root() {
         log "need root to run: $*"; return 1; fi
 }
 
-docker_ok() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+CHECK_SECONDS="${FSRLM_DOCKER_CHECK_TIMEOUT:-20}"  # a host that swallows packets must not hang make
+
+docker_ok() { command -v docker >/dev/null 2>&1 && timeout "$CHECK_SECONDS" docker info >/dev/null 2>&1; }
+
+# The engine the docker command line would use, when it is not this machine's default socket.
+elsewhere() {
+    case "${DOCKER_HOST:-}" in
+        "" | unix:///var/run/docker.sock | unix:///run/docker.sock) ;;
+        *) echo "DOCKER_HOST=$DOCKER_HOST"; return 0 ;;
+    esac
+    case "${DOCKER_CONTEXT:-}" in
+        "") ;;
+        default) return 1 ;;
+        *) echo "DOCKER_CONTEXT=$DOCKER_CONTEXT"; return 0 ;;
+    esac
+    local current
+    current="$(docker context show 2>/dev/null || true)"  # `docker context use NAME` chose another engine
+    case "$current" in
+        "" | default) return 1 ;;
+        *) echo "the current docker context ($current)"; return 0 ;;
+    esac
+}
 
 wait_for_docker() {
     local i
@@ -33,6 +58,18 @@ wait_for_docker() {
 
 if docker_ok; then
     exit 0
+fi
+
+if target="$(elsewhere)"; then
+    if ! command -v docker >/dev/null 2>&1; then
+        log "$target is set, but there is no docker command to check it with; install the Docker CLI, or unset it"
+        exit 1
+    fi
+    why="$(timeout "$CHECK_SECONDS" docker info 2>&1 >/dev/null | grep -v '^\s*$' | tail -n 1 || true)"
+    log "the Docker engine of $target does not answer${why:+ ($why)}."
+    log "fsRLM starts no daemon for an engine that DOCKER_HOST or a docker context names: start that"
+    log "engine, or unset DOCKER_HOST / DOCKER_CONTEXT (docker context use default) to use this machine's own."
+    exit 1
 fi
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,15 @@ from fsrlm.config import RLMConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
 
 EXECUTORS = ["local", "docker", "remote-docker"]
+
+# A suite started in the background by a shell without job control (`make test-fast &` in a script, some
+# CI runners) inherits SIGINT as ignored, and so does every process it starts: Python keeps an inherited
+# SIG_IGN, asyncio then installs no Ctrl-C handler, and `fsrlm view`/`fsrlm run` never see the SIGINT a
+# test sends them (test_view_command_serves_a_run_and_stops_on_ctrl_c timed out after 15 s that way).
+# Tests play a terminal's foreground process group: Python's own handler here, so children start with
+# the default disposition (exec resets a handled signal to SIG_DFL).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

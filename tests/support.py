@@ -8,6 +8,32 @@ from pathlib import Path
 FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
 
 
+def fsrlm_executable() -> str:
+    """The ``fsrlm`` console script of the interpreter running the tests (as a user runs it)."""
+    import shutil
+    import sys
+
+    import pytest
+
+    candidate = Path(sys.executable).parent / "fsrlm"
+    found = str(candidate) if candidate.exists() else shutil.which("fsrlm")
+    if not found:
+        pytest.fail("the fsrlm console script is not installed next to the test interpreter")
+    return found
+
+
+def scripted_cli_env(url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment that points ``fsrlm`` at a scripted model on ``url``, with the test's own cache."""
+    return {
+        "FSRLM_UPSTREAM": "compatible",
+        "FSRLM_UPSTREAM_BASE_URL": url,
+        "FSRLM_CACHE_DIR": str(tmp_path / "cache"),
+        "FSRLM_ROOT_MODEL": "scripted-root",
+        "FSRLM_SUBMODEL": "scripted-sub",
+        "FSRLM_TIMEOUT_SECONDS": "120",
+    }
+
+
 def log_lines(n: int = 600, label: str = "ERROR", every: int = 13) -> tuple[str, int]:
     """A log of ``n`` lines where every ``every``-th line has ``label``; returns (text, count)."""
     lines = [

@@ -64,7 +64,7 @@ def test_defaults() -> None:
     assert config.max_scripts == 20
     assert config.max_subcalls_per_script == 100
     assert config.max_total_subcalls == 1000
-    assert config.max_budget_usd == 5.0
+    assert config.max_budget_usd == 25.0  # config.DEFAULT_BUDGET_USD: one pass over a 50 MB log fits
     assert config.subcall_concurrency == 8
     assert config.submodel == "claude-haiku-4-5"
     assert config.root_model == "claude-sonnet-4-5"
@@ -301,8 +301,10 @@ def test_unknown_executor_type_lists_valid_ones() -> None:
 def test_build_config_wraps_validation_errors() -> None:
     with pytest.raises(ConfigError, match="max_turns"):
         build_config({"max_turns": 0})
-    with pytest.raises(ValidationError):  # the model itself still raises pydantic's error
+    with pytest.raises(ConfigError, match="max_turns"):  # RLMConfig(...) loads like load_config
         RLMConfig(max_turns=0)
+    with pytest.raises(ValidationError):  # model_validate is pydantic's own, exact validation
+        RLMConfig.model_validate({"max_turns": 0})
 
 
 # -- Bedrock switch --------------------------------------------------------------------
@@ -395,3 +397,94 @@ def test_import_fsrlm_does_not_import_docker() -> None:
             "assert 'boto3' not in sys.modules, 'boto3 imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- one rule for every way of making a configuration -----------------------------------
+
+
+def test_rlmconfig_reads_the_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's case: FSRLM_UPSTREAM=compatible exported, then RLMConfig(...) in Python.
+    write_toml(tmp_path / "fsrlm.toml", "max_turns = 7\nsubmodel = 'from-file'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FSRLM_UPSTREAM", "compatible")
+    monkeypatch.setenv("FSRLM_UPSTREAM_BASE_URL", "http://127.0.0.1:9/gw")
+    monkeypatch.setenv("FSRLM_SUBMODEL", "from-env")
+    config = RLMConfig(executor={"type": "docker"}, max_turns=3)
+    assert config.upstream.type == "compatible" and config.upstream.base_url == "http://127.0.0.1:9/gw"
+    assert config.submodel == "from-env"  # env beats the file
+    assert config.max_turns == 3  # what the caller passed beats both
+    assert config == load_config(overrides={"executor": {"type": "docker"}, "max_turns": 3})
+
+
+def test_rlm_reads_the_same_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fsrlm import RLM
+
+    monkeypatch.setenv("FSRLM_MAX_SCRIPTS", "4")
+    assert RLM().config.max_scripts == 4
+    assert RLM(max_depth=0).config.max_scripts == 4
+    assert RLM(RLMConfig(max_scripts=9)).config.max_scripts == 9
+
+
+def test_model_validate_takes_the_mapping_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSRLM_MAX_SCRIPTS", "4")
+    monkeypatch.setenv("FSRLM_MAX_BUDGET_USD", "3")
+    stored = {"max_budget_usd": None, "max_scripts": 20}
+    config = RLMConfig.model_validate(stored)
+    assert (config.max_scripts, config.max_budget_usd) == (20, None)
+    assert RLMConfig.model_validate_json(json.dumps(stored)).max_budget_usd is None
+
+
+def test_an_explicit_none_keyword_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSRLM_MAX_BUDGET_USD", "3")
+    assert RLMConfig().max_budget_usd == 3.0
+    assert RLMConfig(max_budget_usd=None).max_budget_usd is None  # no cap, as the README says
+
+
+def test_rlmconfig_errors_are_config_errors_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSRLM_MAX_TURNS", "0")
+    with pytest.raises(ConfigError, match=r"max_turns.*FSRLM_MAX_TURNS"):
+        RLMConfig()
+
+
+# -- misspelt names ------------------------------------------------------------------------
+
+
+def test_a_misspelt_variable_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"FSRLM_MAX_SUBCALS_PER_SCRIPT": "3", "FSRLM_MAX_TURNS": "5"})
+    message = str(info.value)
+    assert "FSRLM_MAX_SUBCALS_PER_SCRIPT: not an fsRLM setting; did you mean FSRLM_MAX_SUBCALLS_PER_SCRIPT?" in message
+    with pytest.raises(ConfigError, match="FSRLM_NOTHING_LIKE_IT: not an fsRLM setting$|FSRLM_NOTHING_LIKE_IT: not an"):
+        load_config(env={"FSRLM_NOTHING_LIKE_IT": "1"})
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"max_turnz": 3}, "max_turnz: unknown setting; did you mean max_turns?"),
+    ({"executor": {"type": "docker", "memroy": "1g"}},
+     "executor.memroy: unknown setting of the docker executor; did you mean executor.memory?"),
+    ({"upstream": {"type": "compatible", "base_ur": "x"}}, "upstream.base_ur: unknown setting; did you mean upstream.base_url?"),
+    ({"executor": {"type": "dokcer"}}, "Unknown executor type 'dokcer' (did you mean 'docker'?)"),
+])
+def test_an_unknown_field_gets_a_suggestion(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(data)
+    assert expected in str(info.value)
+
+
+def test_every_fsrlm_variable_in_the_repository_is_known() -> None:
+    """A variable the code reads must be a setting or listed as another part's, or users get refused."""
+    import re
+
+    from fsrlm.config import OTHER_ENV_VARIABLES, setting_env_variables
+
+    root = Path(__file__).resolve().parents[1]
+    used: set[str] = set()
+    for path in root.rglob("*"):
+        if (path.is_file() and path.suffix in {".py", ".sh", ".md", ".yml", ".toml", ""} and ".venv" not in path.parts
+                and ".git" not in path.parts and path.stat().st_size < 2_000_000):
+            used |= set(re.findall(r"\bFSRLM_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")))
+    deliberate = {"FSRLM_MAX_SUBCALS_PER_SCRIPT", "FSRLM_NOTHING_LIKE_IT"}  # the misspellings tests and README show
+    prefixes = {"FSRLM_MAX", "FSRLM_UPSTREAM", "FSRLM_TEST"}  # prefixes in prose and in a test's filter
+    unknown = sorted(n for n in used - deliberate - prefixes
+                     if n not in OTHER_ENV_VARIABLES and n not in setting_env_variables())
+    assert unknown == [], f"add these to config.OTHER_ENV_VARIABLES or make them settings: {unknown}"

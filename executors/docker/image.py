@@ -20,7 +20,6 @@ when present, pulled when possible, and otherwise replaced by
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -40,6 +39,7 @@ from fsrlm.executors.bundled_cli import bundled_cli
 from fsrlm.executors.docker.errors import EngineRef, docker_errors
 
 from fsrlm.errors import ImageError, SandboxError
+from fsrlm.locks import locked_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +135,8 @@ def build_lock(tag: str) -> Iterator[None]:
     """One build of a tag at a time, in this process and across processes."""
     safe = "".join(c if c.isalnum() else "_" for c in tag)
     path = Path(tempfile.gettempdir()) / f"fsrlm-image-{os.getuid()}-{safe}.lock"
-    with _process_lock, open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with _process_lock, locked_file(path):  # the file goes when the lock does: nothing left in /tmp
+        yield
 
 
 def image_or_none(client, name: str, engine: EngineRef | None = None):

@@ -192,7 +192,8 @@ class DockerAgentProcess(AgentProcess):
 
     def _on_timeout(self) -> None:
         if self._result is None:
-            logger.warning("container %s reached its timeout; killing it", self.container_id[:12])
+            # Expected, and the run's result says so: not a warning for the user's terminal.
+            logger.info("container %s reached its timeout; killing it", self.container_id[:12])
             self.timed_out = True
             self._timeout_kill = self._loop.create_task(self._kill_logged())
 

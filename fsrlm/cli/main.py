@@ -30,11 +30,30 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class PrintableFormatter(logging.Formatter):
-    """Log lines on stderr quote names and text from the agent's workspace: no control characters."""
+class UserLogHandler(logging.Handler):
+    """Log lines a user can read: ``fsrlm: warning: ...``; with -v also the level and the module.
 
+    It writes through ``click.echo`` to whatever ``sys.stderr`` is at the time, so the live
+    progress panel (which redirects stderr) stays intact.
+    """
+
+    def __init__(self, *, detailed: bool) -> None:
+        super().__init__()
+        fmt = "%(levelname)s %(name)s: %(message)s" if detailed else "fsrlm: %(levelname)s: %(message)s"
+        self.setFormatter(_LowerLevelFormatter(fmt) if not detailed else logging.Formatter(fmt))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:  # log lines quote names and text from the agent's workspace: no control characters
+            click.echo(printable(self.format(record)), err=True)
+        except Exception:
+            self.handleError(record)
+
+
+class _LowerLevelFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
 
 
 class FsrlmGroup(click.Group):
@@ -73,9 +92,8 @@ def cli(verbose: int) -> None:
     host-side broker owns the keys, enforces the limits and caches answers.
     """
     level = logging.WARNING - 10 * verbose
-    handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
+    handler = UserLogHandler(detailed=verbose > 0)
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler], force=True)
 
 
 def main() -> None:

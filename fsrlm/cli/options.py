@@ -12,8 +12,10 @@ def model_options(command: Callable) -> Callable:
     for option in reversed([
         click.option("--root-model", help="Model of the root agent."),
         click.option("--submodel", help="Model for subcalls from scripts."),
-        click.option("--max-turns", type=int),
-        click.option("--max-budget-usd", type=float, help="Dollar cap of each run."),
+        click.option("--max-turns", type=int, help="Turns the root agent may take in each run (default 50)."),
+        click.option("--max-budget-usd", type=float,
+                     help="Dollar cap of each run: root agent, subcalls and nested runs (default 25; the README's "
+                          "cost table shows what inputs cost)."),
         click.option("--timeout", "timeout_seconds", type=float, help="Wall-clock limit of each run in seconds."),
     ]):
         command = option(command)

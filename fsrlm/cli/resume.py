@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
+from fsrlm.cli.ending import RunTracker, exit_interrupted
 from fsrlm.cli.output import print_result
 from fsrlm.cli.progress import make_progress
 from fsrlm.config import load_config
@@ -42,10 +44,14 @@ def resume(workspace: str, config_path: str | None, executor: str | None, max_bu
     plan = plan_resume(config, workspace, overrides)
     click.echo(f"fsrlm: {plan.describe()}", err=True)
     progress = None if plan.action == "show_result" else make_progress(quiet=quiet, as_json=as_json)
+    tracker = RunTracker(forward=progress)
     rlm = RLM(config)
-    if progress is None:
-        result = rlm.resume(Path(workspace), overrides=overrides)
-    else:
-        with progress:
-            result = rlm.resume(Path(workspace), overrides=overrides, on_event=progress)
-    print_result(result, as_json)
+    try:
+        if progress is None:
+            result = rlm.resume(Path(workspace), overrides=overrides, on_event=tracker)
+        else:
+            with progress:
+                result = rlm.resume(Path(workspace), overrides=overrides, on_event=tracker)
+    except KeyboardInterrupt:
+        exit_interrupted(tracker, as_json=as_json, now=time.time())
+    print_result(result, as_json, quiet=quiet, budget=plan.config.max_budget_usd)

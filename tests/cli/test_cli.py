@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support import log_lines  # tests/support.py, on sys.path through the root conftest
+from support import fsrlm_executable, scripted_cli_env  # tests/support.py, on sys.path through the root conftest
 
 from fsrlm.cli.main import cli
 from fsrlm.testing.plans import count_label_plan
@@ -33,14 +32,6 @@ def assert_clean_error(result: Result, code: int = 2) -> str:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip()
     return result.stderr
-
-
-@pytest.fixture
-def input_file(tmp_path: Path) -> tuple[Path, int]:
-    text, count = log_lines()
-    path = tmp_path / "app.log"
-    path.write_text(text)
-    return path, count
 
 
 # -- help ------------------------------------------------------------------------------
@@ -151,14 +142,7 @@ def test_empty_input_file(tmp_path: Path) -> None:
 @pytest.fixture
 def scripted_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     with ScriptedModelServer(count_label_plan(chunk_size=4000)) as srv:
-        yield {
-            "FSRLM_UPSTREAM": "compatible",
-            "FSRLM_UPSTREAM_BASE_URL": srv.url,
-            "FSRLM_CACHE_DIR": str(tmp_path / "cache"),
-            "FSRLM_ROOT_MODEL": "scripted-root",
-            "FSRLM_SUBMODEL": "scripted-sub",
-            "FSRLM_TIMEOUT_SECONDS": "120",
-        }
+        yield scripted_cli_env(srv.url, tmp_path)
 
 
 def check_json_result(stdout: str, count: int) -> dict:
@@ -203,13 +187,6 @@ def test_run_json_from_stdin(scripted_env: dict[str, str], input_file: tuple[Pat
     summary = check_json_result(result.stdout, count)
     assert summary["workspace_path"] is None  # a successful run's folder is removed by default
 
-
-def fsrlm_executable() -> str:
-    candidate = Path(sys.executable).parent / "fsrlm"
-    found = str(candidate) if candidate.exists() else shutil.which("fsrlm")
-    if not found:
-        pytest.fail("the fsrlm console script is not installed next to the test interpreter")
-    return found
 
 
 def test_run_json_real_subprocess(scripted_env: dict[str, str], input_file: tuple[Path, int]) -> None:

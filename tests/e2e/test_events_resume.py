@@ -14,6 +14,7 @@ from pathlib import Path
 from support import FAKE_UPSTREAM_KEY, log_lines
 
 from fsrlm import RLM
+from fsrlm.config import DEFAULT_BUDGET_USD
 from fsrlm.events import read_events
 from fsrlm.testing.plans import (
     FinalStep,
@@ -179,7 +180,7 @@ def test_resuming_a_completed_run_returns_its_result_and_spends_nothing(scripted
     again = _fsrlm("resume", done["workspace_path"], "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert again.stderr.splitlines()[0] == (f"fsrlm: run {done['run_id']} already completed "
-                                            f"(${done['metrics']['total_cost_usd']:.2f} spent of $5.00); showing its "
+                                            f"(${done['metrics']['total_cost_usd']:.2f} spent of ${DEFAULT_BUDGET_USD:.2f}); showing its "
                                             "result — nothing runs, nothing is spent")
     assert len(scripted.requests) == asked  # no model call at all
     shown = json.loads(again.stdout)

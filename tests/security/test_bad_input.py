@@ -76,9 +76,11 @@ def test_empty_and_whitespace_input(cli_env, make_config, tmp_path, finding):
 def test_binary_and_invalid_utf8_input(cli_env, scripted, tmp_path, finding):
     f = finding(
         "bad input", "binary and invalid UTF-8 input",
-        tried="`fsrlm run` on 64 KB of every byte value, with invalid UTF-8 sequences and NULs",
-        expected="stored byte for byte in input/prompt.md (the agent reads the same bytes); the preview shown "
-                 "to the agent is decoded with replacement characters; the run completes",
+        tried="`fsrlm run` on 64 KB of every byte value, with invalid UTF-8 sequences and NULs; then the same "
+              "with --allow-binary",
+        expected="refused before anything runs (exit 2, nothing written) with a message saying it is not text; "
+                 "with --allow-binary stored byte for byte in input/prompt.md (the agent reads the same bytes), "
+                 "the preview shown to the agent decoded with replacement characters, and the run completes",
     )
     data = bytes(range(256)) * 200 + b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x82\x00" * 1000
     (tmp_path / "blob.bin").write_bytes(data)
@@ -87,7 +89,10 @@ def test_binary_and_invalid_utf8_input(cli_env, scripted, tmp_path, finding):
         from llm_client import write_answer
         write_answer(hashlib.sha256(open("input/prompt.md", "rb").read()).hexdigest())
     """))
-    proc = fsrlm(["run", str(tmp_path / "blob.bin"), "-q", "What is this?", "--json"], cli_env)
+    refused = _clean_error(fsrlm(["run", str(tmp_path / "blob.bin"), "-q", "What is this?", "--json"], cli_env))
+    assert "holds NUL bytes" in refused and "--allow-binary" in refused
+    assert not scripted.requests  # nothing ran
+    proc = fsrlm(["run", str(tmp_path / "blob.bin"), "-q", "What is this?", "--json", "--allow-binary"], cli_env)
     assert proc.returncode == 0, proc.stderr.decode()[-1500:]
     summary = json.loads(proc.stdout)
     assert summary["answer"] == hashlib.sha256(data).hexdigest()
@@ -95,8 +100,10 @@ def test_binary_and_invalid_utf8_input(cli_env, scripted, tmp_path, finding):
     assert (workspace / "input" / "prompt.md").read_bytes() == data
     first_user = scripted.requests_of("root")[0].body["messages"][0]
     assert "\ufffd" in json.dumps(first_user, ensure_ascii=False)
-    f.observed = (f"{len(data)} bytes stored and read back identically (sha256 matches); preview decoded with "
-                  f"U+FFFD; run {summary['stop_reason']}")
+    why = refused.split(" holds ", 1)[1].split(":", 1)[0]  # no path of this machine in the report
+    f.observed = (f"refused with exit 2 (blob.bin holds {why}), nothing ran; with --allow-binary {len(data)} bytes "
+                  f"stored and read back identically (sha256 matches), preview decoded with U+FFFD, run "
+                  f"{summary['stop_reason']}")
 
 
 @pytest.mark.slow
