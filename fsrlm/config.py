@@ -47,7 +47,7 @@ OTHER_ENV_VARIABLES = frozenset({
     "FSRLM_CONFIG",  # the TOML file to read
     "FSRLM_BROKER_TOKEN", "FSRLM_BROKER_URL", "FSRLM_BROKER_SOCKET", "FSRLM_RUN_ID", "FSRLM_DEPTH",
     "FSRLM_WORKSPACE", "FSRLM_RELAY", "FSRLM_RELAY_MODE", "FSRLM_RELAY_LISTEN", "FSRLM_RELAY_TIMEOUT",
-    "FSRLM_TUNNEL_READY", "FSRLM_IMAGE_HASH",  # inside the sandbox / the image build
+    "FSRLM_TUNNEL_READY", "FSRLM_IMAGE_HASH", "FSRLM_WORKSPACE_ID",  # inside the sandbox / the image build
     "FSRLM_DOCKER_WAIT", "FSRLM_DOCKERD_LOG", "FSRLM_DOCKER_CHECK_TIMEOUT",  # scripts/ensure-docker.sh
     "FSRLM_DEBIAN_MIRROR", "FSRLM_DEBIAN_SUITE",  # images/base/build-base.sh
     "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY", "FSRLM_RAY_CLUSTER",  # the test suites, test Ray clusters

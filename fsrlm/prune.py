@@ -4,7 +4,7 @@ Every kept run folder holds a full copy of its input, so they add up. A run is
 found three ways: the host-side record the orchestrator keeps for each run
 (``cache_dir/runs/<run id>.json``, written only by the host, so it says truly
 where the folder is), the folders of a ``workspace_dir`` parent, and the temp
-folders of runs without one (``<tmp>/fsrlm-<run id>-*``). Only folders that
+folders of runs without one (``<tmp>/fsrlm-<run id>-*/<run id>``). Only folders that
 hold ``state/job.json`` count, none reached through a link, and only this
 user's. A run that has not ended (its record has no stop reason) is never
 removed while it showed activity within ``timeout_seconds``: it may still run.
@@ -12,12 +12,9 @@ removed while it showed activity within ``timeout_seconds``: it may still run.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import shutil
 import stat
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +23,11 @@ from pydantic import BaseModel, ValidationError
 
 from fsrlm.errors import ConfigError
 from fsrlm.runstate import RunState
+from fsrlm.workspace import Workspace, nested_folder
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-TEMP_PREFIX = "fsrlm-"  # workspace.Workspace.create: tempfile.mkdtemp(prefix=f"fsrlm-{run_id}-")
+TEMP_PREFIX = "fsrlm-"  # workspace.Workspace.create: a private tempfile.mkdtemp(prefix=f"fsrlm-{run_id}-") parent
 
 
 def parse_age(text: str) -> float:
@@ -57,6 +55,14 @@ def _is_run_folder(path: Path) -> bool:
         return False
     return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_ISDIR(job[0].st_mode)
             and stat.S_ISREG(job[1].st_mode))
+
+
+def _own_folder(path: Path) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
 def _newest_mtime(paths: list[Path]) -> float:
@@ -110,10 +116,12 @@ def find_runs(cache_dir: Path, parents: list[Path]) -> list[KeptRun]:
         except OSError:
             continue
         candidates.update(Path(os.path.abspath(c)) for c in children if _is_run_folder(c))
-    temp = Path(tempfile.gettempdir())
-    candidates.update(Path(os.path.abspath(c)) for c in temp.glob(TEMP_PREFIX + "*") if _is_run_folder(c))
-    # Nested runs live inside their parent's folder and go with it.
-    top = {c for c in candidates if not any(other != c and other in c.parents for other in candidates)}
+    for folder in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):  # a temp run: its private parent
+        if _own_folder(folder):
+            candidates.update(Path(os.path.abspath(c)) for c in folder.iterdir() if _is_run_folder(c))
+    # Nested runs live beside their parent (``<run>.nested/``) and go with it.
+    nested = {nested_folder(c) for c in candidates}
+    top = {c for c in candidates if not any(n in c.parents for n in nested)}
     runs = []
     for path in sorted(top):
         record, state = records.get(path, (None, None))
@@ -135,23 +143,8 @@ def orphan_records(cache_dir: Path, older_than: float, now: float | None = None)
 
 def nested_records(cache_dir: Path, folder: Path) -> list[Path]:
     """Host records of runs whose folder lies inside ``folder`` (its nested runs)."""
-    return [record for path, (record, _) in _records(cache_dir).items() if folder in path.parents]
-
-
-def _make_writable_and_retry(func, path, exc) -> None:
-    # The agent may have left read-only folders behind (chmod 500): make the parent writable, try again.
-    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
-        os.chmod(os.path.dirname(path), 0o700)
-        func(path)
-    else:
-        raise exc
-
-
-def _rmtree(path: Path) -> None:
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=_make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=lambda func, p, info: _make_writable_and_retry(func, p, info[1]))
+    inside = (folder, nested_folder(folder))
+    return [record for path, (record, _) in _records(cache_dir).items() if any(f in path.parents for f in inside)]
 
 
 def remove_run(run: KeptRun, cache_dir: Path) -> None:
@@ -159,7 +152,8 @@ def remove_run(run: KeptRun, cache_dir: Path) -> None:
     records = nested_records(cache_dir, run.path) + ([run.record] if run.record else [])
     if run.path.is_symlink() or not _is_run_folder(run.path):  # changed since it was found
         return
-    _rmtree(run.path)
+    temp_parent = run.path.parent.name.startswith(TEMP_PREFIX) and run.path.parent.parent == Path(tempfile.gettempdir())
+    Workspace(run.path, run.run_id, owned=temp_parent).remove()  # nested runs too; never through a link
     for record in records:
         record.unlink(missing_ok=True)
 

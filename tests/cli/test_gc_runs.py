@@ -113,7 +113,7 @@ def test_runs_in_the_temp_folder_and_orphan_records(scripted, make_config, tmp_p
     temp = own_temp_folder  # runs without workspace_dir go to the temp folder
     scripted.plan = count_label_plan(chunk_size=4000)
     result = RLM(make_config("local", workspace_dir=None)).invoke(log_lines(300)[0], question="Count ERROR")
-    assert result.workspace_path.parent == temp and result.workspace_path.name.startswith("fsrlm-")
+    assert result.workspace_path.parent.parent == temp and result.workspace_path.parent.name.startswith("fsrlm-")
     record = record_of(tmp_path, result.run_id)
     (tmp_path / "cache" / "runs" / "gone.json").write_text(json.loads(json.dumps(record.read_text())).replace(
         str(result.workspace_path), str(tmp_path / "nowhere")).replace(result.run_id, "gone"))
@@ -124,7 +124,7 @@ def test_runs_in_the_temp_folder_and_orphan_records(scripted, make_config, tmp_p
     assert [r.path for r in found] == [result.workspace_path]
     out = invoke(["gc", "--runs", "--older-than", "2d"], {"FSRLM_CACHE_DIR": str(tmp_path / "cache")})
     assert out.exit_code == 0, out.output
-    assert not result.workspace_path.exists()
+    assert not result.workspace_path.exists() and not result.workspace_path.parent.exists()  # its temp parent too
     assert not (tmp_path / "cache" / "runs" / "gone.json").exists()
     assert "1 host-side record of runs whose folder is gone" in out.stderr
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 from pathlib import Path
 
 import pytest
