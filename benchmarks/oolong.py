@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,39 +51,33 @@ from fsrlm.benchmarks.harness import (
     row_fields,
     rows_to_run,
     run_guarded,
-    run_rows,
     score_row,
     selected_records,
 )
-from fsrlm.benchmarks.oolong_data import (
-    DEFAULT_DATASET,
-    LengthFilter,
-    OolongRow,
-    load_rows,
-)
+from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, LengthFilter, OolongRow, load_rows
 from fsrlm.benchmarks.oolong_scoring import score_answer
 from fsrlm.benchmarks.report import report_json, report_tables
 from fsrlm.benchmarks.results import RowResult
+from fsrlm.benchmarks.row_task import RowSolver
+from fsrlm.benchmarks.sweep import Part, add_fleet_arguments, fleet_options, sweep, where
 from fsrlm.benchmarks.tables import print_tables
-from fsrlm.executors.configs import EXECUTOR_TYPES
-from fsrlm.executors.registry import create_executor
-
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.errors import InputError
+from fsrlm.executors.configs import EXECUTOR_TYPES
 from fsrlm.results import RLMResult
 from fsrlm.rlm import RLM
 
 __all__ = [
+    "RlmSolver",
     "add_row_arguments",
     "build_config",
     "check_arguments",
     "failed_result",
     "load_selected_rows",
     "main",
-    "preflight",
     "result_from_rlm",
-    "run_rlm_rows",
+    "rlm_part",
     "score_answer",
 ]
 
@@ -102,6 +97,21 @@ def result_from_rlm(row: OolongRow, result: RLMResult, model: str | None = None,
         model=model, run_id=result.run_id,
         workspace_path=str(result.workspace_path) if result.workspace_path else None, finished_at=now_iso(),
     )
+
+
+class RlmSolver(RowSolver):
+    """One RLM run per row: the row's context window is the input, its question the question."""
+
+    async def __call__(self, row: OolongRow) -> RowResult:
+        result = await RLM(self.config).ainvoke(row.context_window_text, question=row.question)
+        return result_from_rlm(row, result, model=self.config.effective_root_model, lenient=self.lenient)
+
+
+def rlm_part(rows: Sequence[OolongRow], config: RLMConfig, results: ResultsFile, *, lenient: bool,
+             title: str | None = None) -> Part:
+    """Rows answered by RLM runs, recorded in ``results`` (a run gets its timeout plus the harness's grace)."""
+    return Part(rows=rows, solve=RlmSolver(config, lenient=lenient), results=results,
+                row_timeout=config.timeout_seconds + HARNESS_GRACE_SECONDS, title=title)
 
 
 def add_row_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,12 +180,6 @@ def check_arguments(args: argparse.Namespace) -> None:
                          "(rows are kept when min < length <= max)")
 
 
-async def preflight(config: RLMConfig) -> None:
-    """Fail once, before any row runs, on what would fail every row."""
-    check_credentials(config.upstream)
-    await create_executor(config.executor).check()
-
-
 def build_config(args: argparse.Namespace) -> RLMConfig:
     """The fsRLM configuration of the runs: the config file and environment, with the command's overrides."""
     overrides: dict[str, Any] = {}
@@ -186,22 +190,6 @@ def build_config(args: argparse.Namespace) -> RLMConfig:
     if getattr(args, "workspace", None):
         overrides["workspace_dir"] = str(args.workspace)
     return load_config(args.fsrlm_config, overrides=overrides)
-
-
-def run_rlm_rows(rows: Sequence[OolongRow], config: RLMConfig, results: ResultsFile, *, concurrency: int,
-                 lenient: bool, log=sys.stderr) -> None:
-    """One RLM run per row, through :func:`~benchmarks.harness.run_rows`, recorded in ``results``."""
-    asyncio.run(preflight(config))
-    rlm = RLM(config)
-
-    async def solve(row: OolongRow) -> RowResult:
-        result = await rlm.ainvoke(row.context_window_text, question=row.question)
-        return result_from_rlm(row, result, model=config.effective_root_model, lenient=lenient)
-
-    print(f"running {len(rows)} rows, {concurrency} at a time, executor {config.executor.type}; "
-          f"results go to {results.path}", file=log)
-    asyncio.run(run_rows(rows, solve, concurrency=concurrency, results=results, lenient=lenient,
-                         row_timeout=config.timeout_seconds + HARNESS_GRACE_SECONDS, progress=log))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("oolong-results.jsonl"),
                         help="results JSONL, one line per finished row (default oolong-results.jsonl)")
     add_run_arguments(parser)
+    add_fleet_arguments(parser)
     return parser
 
 
@@ -242,18 +231,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = sys.stderr
     results = ResultsFile(args.out)
 
-    def body() -> None:
+    def body() -> int:
         check_arguments(args)
+        options = fleet_options(args)
         config = build_config(args)
         rows = load_selected_rows(args, config)
         todo = rows_to_run(rows, results, args.resume, log)
+        code = 0
         if todo:
-            run_rlm_rows(todo, config, results, concurrency=args.concurrency, lenient=args.lenient, log=log)
+            print(f"running {len(todo)} rows, {where(options)}, executor {config.executor.type}; "
+                  f"results go to {results.path}", file=log)
+            part = rlm_part(todo, config, results, lenient=args.lenient)
+            code = asyncio.run(sweep([part], options, config, environ=dict(os.environ), log=log)).exit_code
         records = selected_records(results, rows)
         if args.json:
             print(json.dumps(report_json(records, source=str(results.path)), indent=2))
         else:
             print_tables(report_tables(records, title="OOLONG with fsRLM"))
+        return code
 
     return run_guarded("oolong", results.path, body, log)
 
