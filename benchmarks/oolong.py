@@ -1,18 +1,22 @@
 """Run OOLONG through fsRLM: one RLM run per row, scored exactly as the OOLONG authors score.
 
 Each row is one run: the row's context window text is the input, its question
-is the question. Rows run in parallel up to ``--concurrency``, each with its
-own workspace, broker and sandbox (whichever executor is configured). A row
-that crashes, times out or ends without an answer scores 0 and is recorded;
-it never stops the benchmark. Every finished row is appended at once as one
-JSON line to ``--out``, so an interrupted benchmark picks up where it stopped
-with ``--resume``. At the end a report is printed (``--json`` for JSON).
+is the question. Rows run on this machine up to ``--concurrency`` at a time, or
+with ``--ray auto|ADDRESS`` as Ray tasks on a cluster, through the fan-out of
+``fsrlm batch`` (:mod:`benchmarks.sweep`), each with its own workspace, broker
+and sandbox (whichever executor is configured). A row that crashes, times out,
+ends without an answer or loses its node on every attempt scores 0 and is
+recorded; it never stops the benchmark. Every finished row is appended at once
+as one JSON line to ``--out``, exactly once, so an interrupted benchmark picks
+up where it stopped with ``--resume``. At the end a report is printed (``--json``
+for JSON).
 
 Usage::
 
     fsrlm bench oolong --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
         --limit 50 --concurrency 4 --out results.jsonl [--resume] [--json]
     fsrlm bench oolong --dataset-name oolongbench/oolong-real --config dnd --split test
+    fsrlm bench oolong --data rows.jsonl --ray auto --max-total-usd 200 --out results.jsonl
 
 Model, upstream, limits and executor come from the fsRLM configuration
 (``--fsrlm-config``, ``./fsrlm.toml``, ``FSRLM_*``), as for ``fsrlm run``.
@@ -27,8 +31,10 @@ Answers are scored exactly as the OOLONG authors score them unless
 ``--paper`` runs the RLM paper's slice instead (:mod:`benchmarks.paper_run`).
 
 Exit codes: 0 the benchmark finished (whatever the scores); 2 bad arguments,
-configuration, data or credentials (nothing ran); 4 the executor is not usable;
-130 interrupted (finished rows are kept: rerun with ``--resume``).
+configuration, data or credentials (nothing ran); 3 ``--max-total-usd`` stopped
+the sweep (the rows left run with ``--resume``); 4 the executor or the Ray
+cluster is not usable; 130 interrupted (finished rows are kept: rerun with
+``--resume``).
 """
 
 from __future__ import annotations

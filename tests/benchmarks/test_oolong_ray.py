@@ -28,7 +28,7 @@ from fsrlm.benchmarks.oolong_pairs import pairs_rows
 from fsrlm.benchmarks.oolong_synth_gen import generate_rows
 from fsrlm.benchmarks.paper_run import PART_FILES
 from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
-from support import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY, node_leftovers, ray_test_cluster
 from test_oolong_runner import records, write_fsrlm_toml, write_rows
 from test_paper_run import fsrlm_executable, slice_rows
 
@@ -40,11 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 _STARTED = re.compile(r"^started (\S+) (\S+) on (\S+)$")
 ROWS = 12
-
-
-def _cluster(node_tmp: Path) -> LocalRayCluster:
-    return LocalRayCluster(workers=[{"fsrlm_sandbox": 2}, {"fsrlm_sandbox": 2}], head={"fsrlm_sandbox": 0},
-                           env={"TMPDIR": str(node_tmp)})
 
 
 @pytest.fixture(scope="module")
@@ -59,27 +54,15 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRayC
         for name in list(os.environ):
             if name.startswith(("FSRLM_", "ANTHROPIC_", "AWS_", "CLAUDE_")):
                 patch.delenv(name)
-        with _cluster(node_tmp) as c:
-            yield c, node_tmp
-    assert c.leftovers() == []
-    assert not Path(c.temp_dir).exists()
-
-
-@pytest.fixture
-def node_tmp(tmp_path: Path) -> Path:
-    """The killed cluster's nodes' temp dir (broker sockets, job folders, local-run records)."""
-    folder = tmp_path / "nodetmp"
-    folder.mkdir()
-    return folder
+        with ray_test_cluster(node_tmp, head={"fsrlm_sandbox": 0}) as cluster:
+            yield cluster, node_tmp
 
 
 @pytest.fixture
 def cluster(node_tmp: Path) -> Iterator[LocalRayCluster]:
     """A cluster of its own, for the test that kills one of its workers."""
-    with _cluster(node_tmp) as c:
-        yield c
-    assert c.leftovers() == []
-    assert not Path(c.temp_dir).exists()
+    with ray_test_cluster(node_tmp, head={"fsrlm_sandbox": 0}) as cluster:
+        yield cluster
 
 
 def _bench(command: str, folder: Path, data: Path, scripted: ScriptedModelServer, *extra: str,
@@ -163,8 +146,7 @@ def test_a_sweep_on_the_cluster_scores_as_the_same_sweep_here(command: str, tmp_
     # Every node's broker held the key (it reached the upstream); it came in the runtime environment.
     assert {r.headers.get("x-api-key") for r in scripted.requests} == {FAKE_UPSTREAM_KEY}
     # Nothing left on the nodes: no broker socket, no job or baseline folder, no local-run record.
-    assert [p.name for p in node_tmp.iterdir() if p.name.startswith(("fsrlm-broker-", "fsrlm-job-"))] == []
-    assert not list(node_tmp.glob("fsrlm-*/local/*.json"))
+    assert node_leftovers(node_tmp) == []
 
 
 class PausingPlan:
@@ -241,5 +223,4 @@ def test_a_sweep_survives_a_worker_killed_mid_sweep(tmp_path: Path, scripted: Sc
     assert re.search(r"row\(s\) in .* on the cluster \([1-9]\d* retried\)", stderr)
 
     # Nothing left: the sweep at the end reaped what the killed worker's runs left on the machine.
-    assert [p.name for p in node_tmp.iterdir() if p.name.startswith(("fsrlm-broker-", "fsrlm-job-"))] == []
-    assert not list(node_tmp.glob("fsrlm-*/local/*.json"))
+    assert node_leftovers(node_tmp) == []
