@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from fsrlm.batch.budget import TotalBudget
-from fsrlm.batch.fleet import Fleet, without_secrets
+from fsrlm.batch.fleet import Fleet
 from fsrlm.batch.runner import FanOutEvent, Outcome
 from fsrlm.benchmarks.oolong_data import OolongRow
 from fsrlm.benchmarks.records import failed_result, now_iso, row_fields, score_row
@@ -183,7 +183,7 @@ async def run_rows(
     if fleet.on_ray:
         if not isinstance(solve, RowSolver):
             raise TypeError("rows run on Ray need a RowSolver (it is pickled into each task)")
-        sent = solve.with_config(without_secrets(solve.config))  # credentials travel in the runtime_env
+        sent = solve.for_nodes()
         shipper = ContextShipper()
 
     def task(index: int, row: OolongRow) -> RowTask:

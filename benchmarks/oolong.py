@@ -106,11 +106,34 @@ def result_from_rlm(row: OolongRow, result: RLMResult, model: str | None = None,
 
 
 class RlmSolver(RowSolver):
-    """One RLM run per row: the row's context window is the input, its question the question."""
+    """One RLM run per row: the row's context window is the input, its question the question.
+
+    The rows a solver answers in one process share one ``RLM`` object, and so its warm pool
+    (``executor.warm``), which ``close`` removes; a copy sent to a Ray node starts without one.
+    """
+
+    def __init__(self, config: RLMConfig, *, lenient: bool = False) -> None:
+        super().__init__(config, lenient=lenient)
+        self._rlm: RLM | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rlm": None}
+
+    def with_config(self, config: RLMConfig) -> RlmSolver:
+        clone = super().with_config(config)
+        clone._rlm = None
+        return clone
 
     async def __call__(self, row: OolongRow) -> RowResult:
-        result = await RLM(self.config).ainvoke(row.context_window_text, question=row.question)
+        if self._rlm is None:
+            self._rlm = RLM(self.config)
+        result = await self._rlm.ainvoke(row.context_window_text, question=row.question)
         return result_from_rlm(row, result, model=self.config.effective_root_model, lenient=self.lenient)
+
+    def close(self) -> None:
+        if self._rlm is not None:
+            self._rlm.close()
+            self._rlm = None
 
 
 def rlm_part(rows: Sequence[OolongRow], config: RLMConfig, results: ResultsFile, *, lenient: bool,

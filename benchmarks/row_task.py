@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from fsrlm.batch.fleet import without_secrets
 from fsrlm.batch.node import ImageOffer, prepare_node
 from fsrlm.batch.task import put_data, read_chunks
 from fsrlm.benchmarks.records import failed_result
@@ -62,6 +63,18 @@ class RowSolver:
         clone = copy.copy(self)
         clone.config = config
         return clone
+
+    def close(self) -> None:
+        """Release what the solver holds in this process (an RLM's warm pool); idempotent."""
+
+    def for_nodes(self) -> RowSolver:
+        """The copy a Ray task carries: no ``upstream.api_key`` (credentials travel in the runtime
+        environment), and no warm pool (a pool lives in one process, and Ray's worker processes
+        outlive the sweep, so its idle sandboxes would too): rows on a cluster start cold."""
+        config = without_secrets(self.config)
+        if getattr(config.executor, "warm", 0):
+            config = config.model_copy(update={"executor": config.executor.model_copy(update={"warm": 0})})
+        return self.with_config(config)
 
     @property
     def budget(self) -> float | None:

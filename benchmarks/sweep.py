@@ -14,6 +14,7 @@ total budget, and on Ray sweeps the nodes at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import time
@@ -148,8 +149,11 @@ async def sweep(parts: Sequence[Part], options: FleetOptions, config: RLMConfig,
                     continue
                 if part.title:
                     print(part.title, file=log, flush=True)
-                run = await run_rows(part.rows, part.solve, fleet=fleet, results=part.results,
-                                     row_timeout=part.row_timeout, gate=gate, progress=log)
+                try:
+                    run = await run_rows(part.rows, part.solve, fleet=fleet, results=part.results,
+                                         row_timeout=part.row_timeout, gate=gate, progress=log)
+                finally:
+                    await asyncio.to_thread(part.solve.close)
                 summary.finished += len(run.results)
                 summary.not_started += run.not_started
                 summary.retried += run.retried

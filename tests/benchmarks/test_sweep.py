@@ -161,3 +161,18 @@ async def test_cancelling_a_sweep_records_only_the_rows_that_finished(tmp_path: 
     with pytest.raises(asyncio.CancelledError):
         await sweep
     assert sorted(str(r["id"]) for r in records(results.path)) == sorted(str(r.id) for r in (rows[0], rows[2]))
+
+
+def test_the_copy_a_ray_task_carries_holds_no_key_and_no_warm_pool() -> None:
+    import pickle
+
+    config = RLMConfig.model_validate({"upstream": {"api_key": "sk-ant-not-for-tasks"},
+                                       "executor": {"type": "docker", "warm": 3}})
+    solver = oolong.RlmSolver(config)
+    sent = solver.for_nodes()
+    assert sent.config.upstream.api_key is None and sent.config.executor.warm == 0
+    assert solver.config.executor.warm == 3 and solver.config.upstream.api_key is not None  # the driver's own
+    assert b"sk-ant-not-for-tasks" not in pickle.dumps(sent)
+    alone = compare.RootModelAlone(config, compare.Budget(window_tokens=1000, max_output_tokens=100,
+                                                          min_output_tokens=10)).for_nodes()
+    assert alone.config.upstream.api_key is None and alone.model == config.effective_root_model
