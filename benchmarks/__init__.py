@@ -8,5 +8,8 @@ rest of fsRLM imports it. Each command module is ``fsrlm bench <name>``:
   (``oolong_synth_gen``), ``scripted-oolong``, ``perf``, ``remote``;
 - the parts they share: ``oolong_data`` (rows), ``oolong_lengths`` (oolong-real token
   counts), ``oolong_scoring`` (the authors' rules), ``harness`` (the one loop that runs
-  rows), ``results``, ``summary``, ``tables``, ``paper`` (the paper's figures), ``models``.
+  rows, through ``fsrlm batch``'s fan-out), ``row_task`` (one row's attempt, on this machine
+  or a Ray node), ``sweep`` (the fleet flags, ``--ray`` included, and a command's parts on one
+  fleet), ``records`` (a row's record), ``results``, ``summary``, ``tables``, ``paper`` (the
+  paper's figures), ``models``.
 """

@@ -28,7 +28,10 @@ Usage::
 
 With ``--rlm-results`` (the ``--out`` of ``benchmarks.oolong``) the RLM and the
 model alone are printed side by side on the rows both answered: score and cost.
-Rows, resume, concurrency, scoring and exit codes work as in ``benchmarks.oolong``.
+Rows, resume, concurrency, ``--ray`` and the other options of ``fsrlm batch``, scoring and
+exit codes work as in ``benchmarks.oolong``: on a Ray cluster each row's call is a task on a
+node, with that node's broker (credentials from the Ray job's runtime environment) and no
+sandbox.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import aiohttp
+
+from fsrlm.batch.node import JOB_DIR_PREFIX
 from fsrlm.benchmarks.harness import (
     HARNESS_GRACE_SECONDS,
     ResultsFile,
@@ -53,35 +59,24 @@ from fsrlm.benchmarks.harness import (
     row_fields,
     rows_to_run,
     run_guarded,
-    run_rows,
     score_row,
     selected_records,
 )
 from fsrlm.benchmarks.models import model_limits
-from fsrlm.benchmarks.oolong import (
-    add_row_arguments,
-    check_arguments,
-    load_selected_rows,
-    setup_logging,
-)
+from fsrlm.benchmarks.oolong import add_row_arguments, check_arguments, load_selected_rows, setup_logging
 from fsrlm.benchmarks.oolong_data import OolongRow
-from fsrlm.benchmarks.report import (
-    comparison_json,
-    comparison_table,
-    report_json,
-    report_tables,
-)
+from fsrlm.benchmarks.report import comparison_json, comparison_table, report_json, report_tables
 from fsrlm.benchmarks.results import RowResult, read_results
+from fsrlm.benchmarks.row_task import RowSolver
+from fsrlm.benchmarks.sweep import Part, add_fleet_arguments, fleet_options, sweep, where
 from fsrlm.benchmarks.tables import print_tables
-
 from fsrlm.broker import Broker, BrokerSettings
-from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.errors import InputError
 from fsrlm.run import limits_of, new_run_id
 
-__all__ = ["SYSTEM_PROMPT", "Budget", "RootModelAlone", "add_budget_arguments", "fit_context", "main",
-           "run_baseline_rows", "solver_for"]
+__all__ = ["SYSTEM_PROMPT", "Budget", "RootModelAlone", "add_budget_arguments", "baseline_part", "fit_context",
+           "main", "solver_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +157,19 @@ def request_body(model: str, context: str, question: str, max_tokens: int) -> di
     }
 
 
-class RootModelAlone:
-    """Answers one row with one call of the root model through a fresh broker."""
+class RootModelAlone(RowSolver):
+    """Answers one row with one call of the root model through a fresh broker (no sandbox)."""
 
-    def __init__(self, config: RLMConfig, budget: Budget, *, lenient: bool = False) -> None:
-        self.config = config
-        self.budget = budget
-        self.lenient = lenient
-        self.model = config.effective_root_model
+    method = "root-only"
+    sandboxes = False
+
+    def __init__(self, config: RLMConfig, tokens: Budget, *, lenient: bool = False) -> None:
+        super().__init__(config, lenient=lenient)
+        self.tokens = tokens
+
+    @property
+    def model(self) -> str:
+        return self.config.effective_root_model
 
     def settings(self, run_id: str, token: str, workspace: Path, max_tokens: int) -> BrokerSettings:
         limits = limits_of(self.config).model_copy(update={"max_tokens_per_subcall": max_tokens})
@@ -181,10 +181,11 @@ class RootModelAlone:
 
     async def __call__(self, row: OolongRow) -> RowResult:
         started = time.monotonic()
-        context, max_tokens, truncated = self.budget.fit(row.context_window_text, row.question)
+        context, max_tokens, truncated = self.tokens.fit(row.context_window_text, row.question)
         body = request_body(self.model, context, row.question, max_tokens)
         run_id, token = "compare-" + new_run_id(), secrets.token_urlsafe(32)
-        with tempfile.TemporaryDirectory(prefix="fsrlm-compare-") as workspace:
+        # Named as fsrlm batch names a job's folder, so a node's sweep removes it if this worker dies.
+        with tempfile.TemporaryDirectory(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-compare-") as workspace:
             broker = Broker(self.settings(run_id, token, Path(workspace), max_tokens))
             endpoint = await broker.start()
             try:
@@ -259,21 +260,17 @@ def solver_for(config: RLMConfig, args: argparse.Namespace) -> RootModelAlone:
     if max_output is None:
         raise InputError(f"the output limit of model {model!r} is not known: pass --max-output-tokens N")
     window = args.context_window_tokens or (limits.context_window if limits else DEFAULT_CONTEXT_WINDOW_TOKENS)
-    budget = Budget(window_tokens=window, max_output_tokens=max_output, min_output_tokens=args.min_output_tokens,
+    tokens = Budget(window_tokens=window, max_output_tokens=max_output, min_output_tokens=args.min_output_tokens,
                     chars_per_token=args.chars_per_token)
-    return RootModelAlone(config, budget, lenient=args.lenient)
+    return RootModelAlone(config, tokens, lenient=args.lenient)
 
 
-def run_baseline_rows(rows: Sequence[OolongRow], solve: RootModelAlone, results: ResultsFile, *,
-                      concurrency: int, log: TextIO = sys.stderr) -> None:
-    """One call of the model alone per row, through :func:`~benchmarks.harness.run_rows`."""
-    config = solve.config
-    check_credentials(config.upstream)
-    print(f"asking {solve.model} alone on {len(rows)} rows (up to {solve.budget.max_output_tokens} output tokens), "
-          f"{concurrency} at a time; results go to {results.path}", file=log)
-    timeout = config.upstream.request_timeout_seconds * (config.upstream.max_retries + 1)
-    asyncio.run(run_rows(rows, solve, concurrency=concurrency, results=results, lenient=solve.lenient,
-                         row_timeout=timeout + HARNESS_GRACE_SECONDS, method="root-only", progress=log))
+def baseline_part(rows: Sequence[OolongRow], solve: RootModelAlone, results: ResultsFile, *,
+                  title: str | None = None) -> Part:
+    """Rows answered by one call of the model alone each, recorded in ``results``."""
+    upstream = solve.config.upstream
+    timeout = upstream.request_timeout_seconds * (upstream.max_retries + 1)
+    return Part(rows=rows, solve=solve, results=results, row_timeout=timeout + HARNESS_GRACE_SECONDS, title=title)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -283,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_row_arguments(parser)
     add_budget_arguments(parser)
+    add_fleet_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("oolong-compare.jsonl"),
                         help="results JSONL, one line per finished row (default oolong-compare.jsonl)")
     parser.add_argument("--rlm-results", type=Path,
@@ -311,9 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = sys.stderr
     results = ResultsFile(args.out)
 
-    def body() -> None:
+    def body() -> int:
         check_arguments(args)
         check_budget_arguments(args)
+        options = fleet_options(args)
         if args.rlm_results is not None and not args.rlm_results.is_file():
             raise InputError(f"--rlm-results {args.rlm_results}: no such file")
         config = load_config(args.fsrlm_config)
@@ -321,9 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = load_selected_rows(args, config)
         rlm = read_results(args.rlm_results) if args.rlm_results else None
         todo = rows_to_run(rows, results, args.resume, log)
+        code = 0
         if todo:
-            run_baseline_rows(todo, solve, results, concurrency=args.concurrency, log=log)
+            print(f"asking {solve.model} alone on {len(todo)} rows (up to {solve.tokens.max_output_tokens} output "
+                  f"tokens), {where(options)}; results go to {results.path}", file=log)
+            part = baseline_part(todo, solve, results)
+            code = asyncio.run(sweep([part], options, config, environ=dict(os.environ), log=log)).exit_code
         _print(selected_records(results, rows), rlm, as_json=args.json, source=str(results.path))
+        return code
 
     return run_guarded("compare", results.path, body, log)
 

@@ -1,36 +1,43 @@
-"""Running OOLONG rows: the results file, the record of a failed row, and the one loop that runs rows.
+"""Running OOLONG rows: the results file, and the one loop that runs rows.
 
 :func:`run_rows` is the only place rows are run, for the RLM (``benchmarks.oolong``),
-the root model alone (``benchmarks.compare``) and the paper slice alike: it
-takes the rows and a ``solve`` coroutine for one row, runs ``concurrency`` rows at
-a time on this machine and appends each record to the results file as it
-finishes. A batch runner (many machines) replaces this one function; everything
-else — choosing rows, solving one row, scoring, the report — stays as it is.
+the root model alone (``benchmarks.compare``) and the paper slice alike. It takes the
+rows, a solver for one row and an open fleet (``fsrlm.batch.fleet``: this machine,
+``--concurrency`` at a time, or a Ray cluster with ``--ray``), fans the rows out through
+``fsrlm.batch.runner.FanOut`` — the machinery of ``fsrlm batch`` — and appends each
+row's record to the results file as it finishes, exactly once per row. A failed row is
+recorded and never stops the sweep; a row whose node died is tried again on another
+(at most ``--max-attempts`` in all); ``--max-total-usd`` admits a row only when its cap
+fits in what is left. Choosing rows, solving one row (:mod:`benchmarks.row_task`),
+scoring and the report do not depend on where the rows ran.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
+from fsrlm.batch.budget import TotalBudget
+from fsrlm.batch.fleet import Fleet
+from fsrlm.batch.runner import FanOutEvent, Outcome
 from fsrlm.benchmarks.oolong_data import OolongRow
-from fsrlm.benchmarks.oolong_scoring import score_answer_detail, scoring_name
-from fsrlm.benchmarks.results import Method, RowResult, json_safe, read_results
-
+from fsrlm.benchmarks.records import failed_result, now_iso, row_fields, score_row
+from fsrlm.benchmarks.results import Method, RowResult, read_results
+from fsrlm.benchmarks.row_task import ContextShipper, RowAttempt, RowSolver, RowTask, run_row
 from fsrlm.cli.exit_codes import ExitCode, exit_code_for_error
 from fsrlm.errors import FsrlmError, InputError
 
 __all__ = [
     "HARNESS_GRACE_SECONDS",
     "ResultsFile",
-    "RowRunner",
-    "Solver",
+    "RowsRun",
+    "attempt_cost",
     "failed_result",
     "now_iso",
     "row_fields",
@@ -47,8 +54,6 @@ logger = logging.getLogger(__name__)
 #: Extra seconds a row gets beyond ``timeout_seconds`` (sandbox start and clean-up)
 #: before the harness itself gives up on it.
 HARNESS_GRACE_SECONDS = 120.0
-
-Solver = Callable[[OolongRow], Awaitable[RowResult]]
 
 
 class ResultsFile:
@@ -77,91 +82,133 @@ def row_key(row: OolongRow) -> tuple[str, str]:
     return (row.dataset, str(row.id))
 
 
-def now_iso() -> str:
-    """The current UTC time, ISO 8601, to the second."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def attempt_cost(attempt: Any) -> float | None:
+    """What an attempt cost, for ``--max-total-usd`` (None: unknown, so it counts at its cap)."""
+    return attempt.cost_usd if isinstance(attempt, RowAttempt) else None
 
 
-def score_row(row: OolongRow, answer: str | None, success: bool, *,
-              lenient: bool = False) -> tuple[float, Any, list[str]]:
-    """Score, parsed candidate (JSON-safe) and any scoring problem; 0 unless ``success``."""
-    if not success or not answer:
-        return 0.0, None, []
-    try:
-        detail = score_answer_detail(answer, row.answer, row.answer_type, row.split, lenient=lenient)
-    except ValueError as exc:
-        return 0.0, None, [f"could not score the answer: {exc}"]
-    return detail.score, json_safe(detail.candidate), []
+@dataclass
+class RowsRun:
+    """What one :func:`run_rows` did."""
+
+    results: list[RowResult] = field(default_factory=list)  # recorded now, in the order of the rows
+    not_started: int = 0  # left for --resume: the total budget admitted no more
+    stopped: Literal["budget"] | None = None
+    retried: int = 0  # rows whose node died once or more
+    nodes: Counter[str] = field(default_factory=Counter)  # recorded rows per node
 
 
-def row_fields(row: OolongRow, *, lenient: bool = False) -> dict[str, Any]:
-    """The fields a result record copies from its row (and the rules that score it)."""
-    return {
-        "id": row.id, "dataset": row.dataset, "context_len": row.context_len,
-        "context_len_source": row.context_len_source, "task_group": row.task_group, "task": row.task,
-        "answer_type": row.answer_type, "split": row.split, "synthetic": row.synthetic, "gold": row.answer,
-        "scoring": scoring_name(lenient),
-    }
+class _Progress:
+    """One line per finished row (and, on Ray, per start and per retry) on ``stream``."""
+
+    def __init__(self, stream: TextIO | None, total: int, on_ray: bool) -> None:
+        self.stream, self.total, self.on_ray = stream, total, on_ray
+        self.finished = 0
+        self.waiting = False
+
+    def _print(self, text: str) -> None:
+        if self.stream is not None:  # one write a line: Ray's driver thread prints notices to the same pipe
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def event(self, event: FanOutEvent) -> None:
+        row = event.item.row if isinstance(event.item, RowTask) else None
+        name = f"{row.dataset} {row.id}" if row is not None else "a row"
+        if event.kind == "started":
+            self.waiting = False
+            if self.on_ray and event.node is not None:
+                self._print(f"started {name} on {event.node.name}")
+        elif event.kind == "retrying":
+            self._print(f"{name}: {event.detail}; trying again")
+        elif event.kind == "waiting" and not self.waiting:
+            self.waiting = True
+            self._print("waiting: the total budget (--max-total-usd) admits no more rows until a running one ends")
+
+    def row(self, result: RowResult, outcome: Outcome[RowTask, Any]) -> None:
+        self.finished += 1
+        cached = " (cached)" if result.cached_row else ""
+        where = ""
+        if self.on_ray and outcome.nodes:
+            where = f" on {outcome.nodes[-1].name}"
+            if outcome.attempts > 1:
+                where += f" (attempt {outcome.attempts}; {' then '.join(n.name for n in outcome.nodes)})"
+        self._print(f"[{self.finished}/{self.total}] {result.dataset} {result.id}: score {result.score:.2f} "
+                    f"{result.stop_reason} {result.wall_seconds:.1f}s ${result.total_cost_usd:.4f}{cached}{where}")
 
 
-def failed_result(row: OolongRow, stop_reason: str, errors: list[str], wall_seconds: float,
-                  *, method: Method = "rlm", lenient: bool = False) -> RowResult:
-    """The record of a row whose run crashed or was given up on: score 0."""
-    return RowResult(
-        **row_fields(row, lenient=lenient), method=method, answer=None, score=0.0, success=False,
-        stop_reason=stop_reason, errors=errors, wall_seconds=round(wall_seconds, 3), finished_at=now_iso(),
-    )
+def _record(outcome: Outcome[RowTask, Any]) -> RowResult:
+    """The row's record: what the attempt returned, or a failure when no attempt returned."""
+    if isinstance(outcome.result, RowAttempt):
+        return outcome.result.result
+    task = outcome.item
+    now = time.time()
+    wall = (outcome.finished_at or now) - (outcome.started_at or now)
+    return failed_result(task.row, "node_lost" if outcome.lost else "error",
+                         [outcome.error or "the row failed"], wall, method=task.method, lenient=task.lenient)
 
 
 async def run_rows(
     rows: Sequence[OolongRow],
-    solve: Solver,
+    solve: RowSolver | Callable[[OolongRow], Any],
     *,
-    concurrency: int,
+    fleet: Fleet,
     results: ResultsFile,
     row_timeout: float | None,
-    method: Method = "rlm",
-    lenient: bool = False,
+    method: Method | None = None,
+    lenient: bool | None = None,
+    gate: TotalBudget | None = None,
     progress: TextIO | None = None,
-) -> list[RowResult]:
-    """Solve ``rows``, ``concurrency`` at a time, recording each as soon as it finishes.
+) -> RowsRun:
+    """Solve ``rows`` on ``fleet``, recording each row once, as soon as it finishes.
 
-    A row whose ``solve`` raises is recorded with ``stop_reason="error"``; one
-    that takes longer than ``row_timeout`` seconds with ``"timeout"``; both
-    score 0. Cancellation (Ctrl-C) records nothing for unfinished rows.
+    ``solve``: a :class:`~benchmarks.row_task.RowSolver` (any coroutine function of a row
+    on this machine). A row whose ``solve`` raises is recorded with ``stop_reason="error"``;
+    one that takes longer than ``row_timeout`` seconds with ``"timeout"``; one whose every
+    attempt's node died with ``"node_lost"``: all score 0. A row already in ``results``, or
+    given twice, is run and written once. Cancellation (Ctrl-C) records nothing for
+    unfinished rows.
     """
-    slots = asyncio.Semaphore(concurrency)
-    finished = 0
+    method = method or getattr(solve, "method", "rlm")
+    lenient = bool(getattr(solve, "lenient", False) if lenient is None else lenient)
+    done = results.done_keys()
+    todo: list[OolongRow] = []
+    for row in rows:
+        if row_key(row) not in done:
+            done.add(row_key(row))
+            todo.append(row)
+    if len(todo) < len(rows):
+        logger.info("%d of %d rows are already recorded (or given twice): run once", len(rows) - len(todo), len(rows))
+    sent: Any = solve
+    shipper: ContextShipper | None = None
+    if fleet.on_ray:
+        if not isinstance(solve, RowSolver):
+            raise TypeError("rows run on Ray need a RowSolver (it is pickled into each task)")
+        sent = solve.for_nodes()
+        shipper = ContextShipper()
 
-    async def one(row: OolongRow) -> RowResult:
-        nonlocal finished
-        async with slots:
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(row_timeout):
-                    result = await solve(row)
-            except TimeoutError:
-                result = failed_result(
-                    row, "timeout", [f"the row did not finish within {row_timeout:g} s and was abandoned"],
-                    time.monotonic() - started, method=method, lenient=lenient)
-            except Exception as exc:  # any crash of one row is that row's result, never the benchmark's
-                logger.warning("row %s crashed", row.id, exc_info=True)
-                result = failed_result(row, "error", [f"{type(exc).__name__}: {exc}"],
-                                       time.monotonic() - started, method=method, lenient=lenient)
-            results.append(result)
-            finished += 1
-            if progress is not None:
-                cached = " (cached)" if result.cached_row else ""
-                print(f"[{finished}/{len(rows)}] {row.dataset} {row.id}: score {result.score:.2f} "
-                      f"{result.stop_reason} {result.wall_seconds:.1f}s ${result.total_cost_usd:.4f}{cached}",
-                      file=progress, flush=True)
-            return result
+    def task(index: int, row: OolongRow) -> RowTask:
+        context = None
+        if shipper is not None:
+            context, row = shipper.refs(row.context_window_text), row.model_copy(update={"context_window_text": ""})
+        return RowTask(index=index, row=row, solver=sent, timeout=row_timeout, method=method, lenient=lenient,
+                       context=context, on_ray=fleet.on_ray, batch_id=fleet.batch_id, image=fleet.image)
 
-    return list(await asyncio.gather(*(one(row) for row in rows)))
-
-
-#: The shape of :func:`run_rows`, for whatever replaces it.
-RowRunner = Callable[..., Awaitable[list[RowResult]]]
+    shown = _Progress(progress, len(todo), fleet.on_ray)
+    fan = fleet.fan_out(gate=gate, on_event=shown.event)
+    run = RowsRun()
+    by_index: dict[int, RowResult] = {}
+    async for outcome in fan.run((task(i, row) for i, row in enumerate(todo)), run_row):
+        result = _record(outcome)
+        by_index[outcome.item.index] = result
+        results.append(result)
+        run.retried += outcome.attempts > 1
+        if outcome.nodes:
+            run.nodes[outcome.nodes[-1].name] += 1
+        shown.row(result, outcome)
+    run.results = [by_index[i] for i in sorted(by_index)]
+    run.not_started = len(todo) - len(by_index)
+    run.stopped = "budget" if fan.stopped == "gate" else None
+    return run
 
 
 def rows_to_run(rows: Sequence[OolongRow], results: ResultsFile, resume: bool,
@@ -186,10 +233,13 @@ def selected_records(results: ResultsFile, rows: Sequence[OolongRow]) -> list[Ro
     return [r for r in read_results(results.path) if r.key in wanted]
 
 
-def run_guarded(name: str, results_path: Path, body: Callable[[], None], log: TextIO = sys.stderr) -> int:
-    """Run a benchmark command's ``body``; turn user errors and Ctrl-C into one line and an exit code."""
+def run_guarded(name: str, results_path: Path, body: Callable[[], int | None], log: TextIO = sys.stderr) -> int:
+    """Run a benchmark command's ``body``; turn user errors and Ctrl-C into one line and an exit code.
+
+    ``body`` returns its own exit code, or None for 0.
+    """
     try:
-        body()
+        code = body()
     except FsrlmError as exc:
         print(f"{name}: {exc}", file=log)
         code = exit_code_for_error(exc)
@@ -197,4 +247,4 @@ def run_guarded(name: str, results_path: Path, body: Callable[[], None], log: Te
     except KeyboardInterrupt:
         print(f"{name}: interrupted; finished rows are in {results_path}: rerun with --resume", file=log)
         return int(ExitCode.INTERRUPTED)
-    return 0
+    return int(code or 0)

@@ -1,18 +1,22 @@
 """Run OOLONG through fsRLM: one RLM run per row, scored exactly as the OOLONG authors score.
 
 Each row is one run: the row's context window text is the input, its question
-is the question. Rows run in parallel up to ``--concurrency``, each with its
-own workspace, broker and sandbox (whichever executor is configured). A row
-that crashes, times out or ends without an answer scores 0 and is recorded;
-it never stops the benchmark. Every finished row is appended at once as one
-JSON line to ``--out``, so an interrupted benchmark picks up where it stopped
-with ``--resume``. At the end a report is printed (``--json`` for JSON).
+is the question. Rows run on this machine up to ``--concurrency`` at a time, or
+with ``--ray auto|ADDRESS`` as Ray tasks on a cluster, through the fan-out of
+``fsrlm batch`` (:mod:`benchmarks.sweep`), each with its own workspace, broker
+and sandbox (whichever executor is configured). A row that crashes, times out,
+ends without an answer or loses its node on every attempt scores 0 and is
+recorded; it never stops the benchmark. Every finished row is appended at once
+as one JSON line to ``--out``, exactly once, so an interrupted benchmark picks
+up where it stopped with ``--resume``. At the end a report is printed (``--json``
+for JSON).
 
 Usage::
 
     fsrlm bench oolong --data rows.jsonl --dataset trec_coarse --context-len 131072 \\
         --limit 50 --concurrency 4 --out results.jsonl [--resume] [--json]
     fsrlm bench oolong --dataset-name oolongbench/oolong-real --config dnd --split test
+    fsrlm bench oolong --data rows.jsonl --ray auto --max-total-usd 200 --out results.jsonl
 
 Model, upstream, limits and executor come from the fsRLM configuration
 (``--fsrlm-config``, ``./fsrlm.toml``, ``FSRLM_*``), as for ``fsrlm run``.
@@ -27,8 +31,10 @@ Answers are scored exactly as the OOLONG authors score them unless
 ``--paper`` runs the RLM paper's slice instead (:mod:`benchmarks.paper_run`).
 
 Exit codes: 0 the benchmark finished (whatever the scores); 2 bad arguments,
-configuration, data or credentials (nothing ran); 4 the executor is not usable;
-130 interrupted (finished rows are kept: rerun with ``--resume``).
+configuration, data or credentials (nothing ran); 3 ``--max-total-usd`` stopped
+the sweep (the rows left run with ``--resume``); 4 the executor or the Ray
+cluster is not usable; 130 interrupted (finished rows are kept: rerun with
+``--resume``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,39 +57,33 @@ from fsrlm.benchmarks.harness import (
     row_fields,
     rows_to_run,
     run_guarded,
-    run_rows,
     score_row,
     selected_records,
 )
-from fsrlm.benchmarks.oolong_data import (
-    DEFAULT_DATASET,
-    LengthFilter,
-    OolongRow,
-    load_rows,
-)
+from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, LengthFilter, OolongRow, load_rows
 from fsrlm.benchmarks.oolong_scoring import score_answer
 from fsrlm.benchmarks.report import report_json, report_tables
 from fsrlm.benchmarks.results import RowResult
+from fsrlm.benchmarks.row_task import RowSolver
+from fsrlm.benchmarks.sweep import Part, add_fleet_arguments, fleet_options, sweep, where
 from fsrlm.benchmarks.tables import print_tables
-from fsrlm.executors.configs import EXECUTOR_TYPES
-from fsrlm.executors.registry import create_executor
-
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.config import RLMConfig, load_config
 from fsrlm.errors import InputError
+from fsrlm.executors.configs import EXECUTOR_TYPES
 from fsrlm.results import RLMResult
 from fsrlm.rlm import RLM
 
 __all__ = [
+    "RlmSolver",
     "add_row_arguments",
     "build_config",
     "check_arguments",
     "failed_result",
     "load_selected_rows",
     "main",
-    "preflight",
     "result_from_rlm",
-    "run_rlm_rows",
+    "rlm_part",
     "score_answer",
 ]
 
@@ -102,6 +103,44 @@ def result_from_rlm(row: OolongRow, result: RLMResult, model: str | None = None,
         model=model, run_id=result.run_id,
         workspace_path=str(result.workspace_path) if result.workspace_path else None, finished_at=now_iso(),
     )
+
+
+class RlmSolver(RowSolver):
+    """One RLM run per row: the row's context window is the input, its question the question.
+
+    The rows a solver answers in one process share one ``RLM`` object, and so its warm pool
+    (``executor.warm``), which ``close`` removes; a copy sent to a Ray node starts without one.
+    """
+
+    def __init__(self, config: RLMConfig, *, lenient: bool = False) -> None:
+        super().__init__(config, lenient=lenient)
+        self._rlm: RLM | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rlm": None}
+
+    def with_config(self, config: RLMConfig) -> RlmSolver:
+        clone = super().with_config(config)
+        clone._rlm = None
+        return clone
+
+    async def __call__(self, row: OolongRow) -> RowResult:
+        if self._rlm is None:
+            self._rlm = RLM(self.config)
+        result = await self._rlm.ainvoke(row.context_window_text, question=row.question)
+        return result_from_rlm(row, result, model=self.config.effective_root_model, lenient=self.lenient)
+
+    def close(self) -> None:
+        if self._rlm is not None:
+            self._rlm.close()
+            self._rlm = None
+
+
+def rlm_part(rows: Sequence[OolongRow], config: RLMConfig, results: ResultsFile, *, lenient: bool,
+             title: str | None = None) -> Part:
+    """Rows answered by RLM runs, recorded in ``results`` (a run gets its timeout plus the harness's grace)."""
+    return Part(rows=rows, solve=RlmSolver(config, lenient=lenient), results=results,
+                row_timeout=config.timeout_seconds + HARNESS_GRACE_SECONDS, title=title)
 
 
 def add_row_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,12 +209,6 @@ def check_arguments(args: argparse.Namespace) -> None:
                          "(rows are kept when min < length <= max)")
 
 
-async def preflight(config: RLMConfig) -> None:
-    """Fail once, before any row runs, on what would fail every row."""
-    check_credentials(config.upstream)
-    await create_executor(config.executor).check()
-
-
 def build_config(args: argparse.Namespace) -> RLMConfig:
     """The fsRLM configuration of the runs: the config file and environment, with the command's overrides."""
     overrides: dict[str, Any] = {}
@@ -186,22 +219,6 @@ def build_config(args: argparse.Namespace) -> RLMConfig:
     if getattr(args, "workspace", None):
         overrides["workspace_dir"] = str(args.workspace)
     return load_config(args.fsrlm_config, overrides=overrides)
-
-
-def run_rlm_rows(rows: Sequence[OolongRow], config: RLMConfig, results: ResultsFile, *, concurrency: int,
-                 lenient: bool, log=sys.stderr) -> None:
-    """One RLM run per row, through :func:`~benchmarks.harness.run_rows`, recorded in ``results``."""
-    asyncio.run(preflight(config))
-    rlm = RLM(config)
-
-    async def solve(row: OolongRow) -> RowResult:
-        result = await rlm.ainvoke(row.context_window_text, question=row.question)
-        return result_from_rlm(row, result, model=config.effective_root_model, lenient=lenient)
-
-    print(f"running {len(rows)} rows, {concurrency} at a time, executor {config.executor.type}; "
-          f"results go to {results.path}", file=log)
-    asyncio.run(run_rows(rows, solve, concurrency=concurrency, results=results, lenient=lenient,
-                         row_timeout=config.timeout_seconds + HARNESS_GRACE_SECONDS, progress=log))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("oolong-results.jsonl"),
                         help="results JSONL, one line per finished row (default oolong-results.jsonl)")
     add_run_arguments(parser)
+    add_fleet_arguments(parser)
     return parser
 
 
@@ -242,18 +260,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = sys.stderr
     results = ResultsFile(args.out)
 
-    def body() -> None:
+    def body() -> int:
         check_arguments(args)
+        options = fleet_options(args)
         config = build_config(args)
         rows = load_selected_rows(args, config)
         todo = rows_to_run(rows, results, args.resume, log)
+        code = 0
         if todo:
-            run_rlm_rows(todo, config, results, concurrency=args.concurrency, lenient=args.lenient, log=log)
+            print(f"running {len(todo)} rows, {where(options)}, executor {config.executor.type}; "
+                  f"results go to {results.path}", file=log)
+            part = rlm_part(todo, config, results, lenient=args.lenient)
+            code = asyncio.run(sweep([part], options, config, environ=dict(os.environ), log=log)).exit_code
         records = selected_records(results, rows)
         if args.json:
             print(json.dumps(report_json(records, source=str(results.path)), indent=2))
         else:
             print_tables(report_tables(records, title="OOLONG with fsRLM"))
+        return code
 
     return run_guarded("oolong", results.path, body, log)
 

@@ -15,66 +15,39 @@ GPT-5 figures beside ours, labelled as theirs (never beside synthetic rows).
 Usage::
 
     fsrlm bench oolong --paper [--data validation.parquet] [--out-dir paper-run] [--only oolong|pairs]
-        [--limit N] [--resume] [--json] [--lenient] [--concurrency N] [--fsrlm-config fsrlm.toml]
+        [--limit N] [--resume] [--json] [--lenient] [--concurrency N | --ray auto|ADDRESS]
+        [--max-total-usd USD] [--fsrlm-config fsrlm.toml]
 
 Without ``--data`` the rows come from the Hugging Face hub (``datasets``
 needed). Results go to four JSONL files in ``--out-dir`` (``oolong-rlm``,
 ``oolong-alone``, ``pairs-rlm``, ``pairs-alone``); ``--resume`` continues an
 interrupted run. ``--limit N`` runs the first N rows of each slice (a trial:
-the report says the slice is partial). Exit codes as ``benchmarks.oolong``.
+the report says the slice is partial). The four parts run one after the other on one
+fleet (this machine, or the Ray cluster of ``--ray``), under one ``--max-total-usd``.
+Exit codes as ``benchmarks.oolong``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fsrlm.benchmarks.compare import (
-    add_budget_arguments,
-    check_budget_arguments,
-    run_baseline_rows,
-    solver_for,
-)
-from fsrlm.benchmarks.harness import (
-    ResultsFile,
-    rows_to_run,
-    run_guarded,
-    selected_records,
-)
-from fsrlm.benchmarks.oolong import (
-    add_run_arguments,
-    build_config,
-    run_rlm_rows,
-    setup_logging,
-)
-from fsrlm.benchmarks.oolong_data import (
-    DEFAULT_DATASET,
-    SYNTHETIC_PREFIX,
-    OolongRow,
-    load_rows,
-    load_windows,
-)
+from fsrlm.benchmarks.compare import add_budget_arguments, baseline_part, check_budget_arguments, solver_for
+from fsrlm.benchmarks.harness import ResultsFile, rows_to_run, run_guarded, selected_records
+from fsrlm.benchmarks.oolong import add_run_arguments, build_config, rlm_part, setup_logging
+from fsrlm.benchmarks.oolong_data import DEFAULT_DATASET, SYNTHETIC_PREFIX, OolongRow, load_rows, load_windows
 from fsrlm.benchmarks.oolong_pairs import pairs_rows
-from fsrlm.benchmarks.paper import (
-    OOLONG_SLICE,
-    PAIRS_SLICE,
-    PaperSlice,
-    paper_json,
-    paper_table,
-)
-from fsrlm.benchmarks.report import (
-    comparison_json,
-    comparison_table,
-    report_json,
-    report_tables,
-)
+from fsrlm.benchmarks.paper import OOLONG_SLICE, PAIRS_SLICE, PaperSlice, paper_json, paper_table
+from fsrlm.benchmarks.report import comparison_json, comparison_table, report_json, report_tables
 from fsrlm.benchmarks.results import RowResult
+from fsrlm.benchmarks.sweep import Part, add_fleet_arguments, fleet_options, sweep, where
 from fsrlm.benchmarks.tables import print_tables
-
 from fsrlm.errors import InputError
 
 __all__ = ["PART_FILES", "main", "paper_rows"]
@@ -148,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fsrlm-config", type=Path, help="fsRLM TOML config (default ./fsrlm.toml, FSRLM_*)")
     add_budget_arguments(parser)
     add_run_arguments(parser)
+    add_fleet_arguments(parser)
     return parser
 
 
@@ -180,23 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     log = sys.stderr
 
-    def body() -> None:
+    def body() -> int:
         _check(args)
+        options = fleet_options(args)
         config = build_config(args)
         baseline = solver_for(config, args)
         parts = paper_rows(args, log)
         files = {key: ResultsFile(args.out_dir / name) for key, name in PART_FILES.items() if key[0] in parts}
         todo = {key: rows_to_run(parts[key[0]], results, args.resume, log) for key, results in files.items()}
+        runs: list[Part] = []
         for (part, kind), rows in todo.items():
             if not rows:
                 continue
-            print(f"paper: {part}, {'RLM' if kind == 'rlm' else 'root model alone'}", file=log)
+            title = f"paper: {part}, {'RLM' if kind == 'rlm' else 'root model alone'}: {len(rows)} rows, {where(options)}"
             if kind == "rlm":
-                run_rlm_rows(rows, config, files[(part, kind)], concurrency=args.concurrency,
-                             lenient=args.lenient, log=log)
+                runs.append(rlm_part(rows, config, files[(part, kind)], lenient=args.lenient, title=title))
             else:
-                run_baseline_rows(rows, baseline, files[(part, kind)], concurrency=args.concurrency, log=log)
+                runs.append(baseline_part(rows, baseline, files[(part, kind)], title=title))
+        code = asyncio.run(sweep(runs, options, config, environ=dict(os.environ), log=log)).exit_code if runs else 0
         _report({key: selected_records(results, parts[key[0]]) for key, results in files.items()}, args.json)
+        return code
 
     return run_guarded("paper", args.out_dir, body, log)
 

@@ -40,6 +40,14 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 
 @pytest.fixture
+def node_tmp(tmp_path: Path) -> Path:
+    """The temp dir of a test cluster's nodes (broker sockets, job folders, locks): checked for leftovers."""
+    folder = tmp_path / "nodetmp"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def scripted() -> Iterator[ScriptedModelServer]:
     """A fresh scripted Anthropic-compatible model on a loopback port."""
     with ScriptedModelServer() as server:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # A key the broker holds in tests: it must reach the scripted upstream and never the sandbox.
 FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
@@ -142,3 +145,22 @@ def run_processes(run_ids: set[str]) -> list[int]:
             if any(m in env for m in markers):
                 found.append(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def ray_test_cluster(node_tmp: Path, **options: Any) -> Iterator[Any]:
+    """A head and two workers of two sandboxes each (``LocalRayCluster``), whose nodes use ``node_tmp``
+    as their temp dir; on leaving, checks that no process of it is left and its folder is gone."""
+    from fsrlm.testing.ray_cluster import LocalRayCluster
+
+    with LocalRayCluster(workers=[{"fsrlm_sandbox": 2}, {"fsrlm_sandbox": 2}], env={"TMPDIR": str(node_tmp)},
+                         **options) as cluster:
+        yield cluster
+    assert cluster.leftovers() == []
+    assert not Path(cluster.temp_dir).exists()
+
+
+def node_leftovers(node_tmp: Path) -> list[str]:
+    """What runs left in a node's temp dir: broker sockets, job (or baseline) folders, local-run records."""
+    left = [p.name for p in node_tmp.iterdir() if p.name.startswith(("fsrlm-broker-", "fsrlm-job-"))]
+    return left + [str(p.relative_to(node_tmp)) for p in node_tmp.glob("fsrlm-*/local/*.json")]

@@ -27,32 +27,21 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from fsrlm.batch.budget import TotalBudget
+from fsrlm.batch.fleet import FleetOptions, open_fleet, total_budget
 from fsrlm.batch.jobs import Job, iter_jobs, job_config, validate_jobs
-from fsrlm.batch.local import LocalBackend
 from fsrlm.batch.results import JobResult, ResultsWriter
-from fsrlm.batch.runner import Backend, FanOut, FanOutEvent, Outcome
+from fsrlm.batch.runner import FanOut, FanOutEvent, Outcome
 from fsrlm.batch.task import JobPayload, run_job, with_chunks
 from fsrlm.config import RLMConfig
 
 logger = logging.getLogger(__name__)
 
-# Variables holding upstream credentials: forwarded to Ray workers (runtime_env env_vars) when set here.
-CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "FSRLM_UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                   "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
 
-
-class BatchOptions(BaseModel):
+class BatchOptions(FleetOptions):
     jobs: Path
     out: Path
     resume: bool = False
-    concurrency: int = Field(default=4, ge=1)
-    ray: str | None = None  # None: this machine; "auto" or an address: a Ray cluster
-    max_total_usd: float | None = Field(default=None, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=20)
     shared_inputs: bool = False  # on Ray: every node reads the job files itself (network storage)
-    forward_env: list[str] = Field(default_factory=list)  # more variables for the workers' runtime_env
-    forward_credentials: bool = True
     check_only: bool = False
 
 
@@ -80,36 +69,6 @@ class BatchProgressSink:
     def event(self, event: FanOutEvent) -> None: ...
     def finished(self, result: JobResult) -> None: ...
     def stop(self) -> None: ...
-
-
-def credentials_env(config: RLMConfig, options: BatchOptions, environ: dict[str, str]) -> dict[str, str]:
-    """The runtime_env ``env_vars`` of the Ray job: credentials and chosen variables, never in task arguments."""
-    names = list(CREDENTIAL_VARS) if options.forward_credentials else []
-    env = {name: environ[name] for name in [*names, *options.forward_env] if environ.get(name)}
-    if options.forward_credentials and config.upstream.api_key is not None:
-        env["FSRLM_UPSTREAM_API_KEY"] = config.upstream.api_key.get_secret_value()
-    return env
-
-
-def without_secrets(config: RLMConfig) -> RLMConfig:
-    return config.model_copy(update={"upstream": config.upstream.model_copy(update={"api_key": None})})
-
-
-def make_backend(options: BatchOptions, config: RLMConfig, environ: dict[str, str]) -> Backend:
-    if options.ray is None:
-        return LocalBackend(options.concurrency)
-    from fsrlm.batch.ray_backend import RayBackend
-
-    return RayBackend(options.ray, env_vars=credentials_env(config, options, environ))
-
-
-def _image_offer(config: RLMConfig, backend: Backend):
-    """The driver's sandbox image, offered to nodes that lack it (docker executor on Ray only)."""
-    if config.executor.type != "docker" or config.executor.image is not None:
-        return None
-    from fsrlm.batch.cluster import offer_image
-
-    return offer_image(backend)
 
 
 def result_of_outcome(outcome: Outcome[JobPayload, JobResult]) -> JobResult:
@@ -162,27 +121,24 @@ async def _run(run: BatchRun) -> BatchSummary:
     checked = validate_jobs(options.jobs, config, finished=writer.finished,
                             need_budget=options.max_total_usd is not None)
     summary = run.summary = BatchSummary(jobs=checked.total, skipped=checked.total - checked.to_run,
-                                         out=str(options.out), backend=options.ray or "local")
+                                         out=str(options.out), backend=options.where)
     if options.check_only or checked.to_run == 0:
         return summary
     with writer:
-        backend = make_backend(options, config, environ)
-        gate = TotalBudget(options.max_total_usd) if options.max_total_usd is not None else None
-        fan = FanOut(backend, gate=gate, max_attempts=options.max_attempts, on_event=progress.event)
+        gate = total_budget(options)
+        fan: FanOut | None = None
         nodes: Counter[str] = Counter()
         try:
-            async with backend:
-                on_ray = options.ray is not None
-                offer = _image_offer(config, backend) if on_ray else None
-                sent_config = without_secrets(config) if on_ray else config
+            async with open_fleet(options, config, environ, batch_id=batch_id) as fleet:
+                fan = fleet.fan_out(gate=gate, on_event=progress.event)
 
                 def make(job: Job) -> JobPayload:
-                    chunks = with_chunks(job) if on_ray and not options.shared_inputs else None
-                    return JobPayload(job=job, config=job_config(sent_config, job), batch_id=batch_id,
-                                      on_ray=on_ray, image=offer, chunks=chunks)
+                    chunks = with_chunks(job) if fleet.on_ray and not options.shared_inputs else None
+                    return JobPayload(job=job, config=job_config(fleet.config, job), batch_id=batch_id,
+                                      on_ray=fleet.on_ray, image=fleet.image, chunks=chunks)
 
                 payloads = (make(job) for job in iter_jobs(options.jobs, skip=writer.finished))
-                progress.start(checked.to_run, backend.slots)
+                progress.start(checked.to_run, fleet.backend.slots)
                 try:
                     async for outcome in fan.run(payloads, run_job):
                         result = result_of_outcome(outcome)
@@ -203,12 +159,10 @@ async def _run(run: BatchRun) -> BatchSummary:
                     raise
                 finally:
                     progress.stop()
-                    if on_ray:
-                        await _sweep_nodes(backend, sent_config)
         finally:
             summary.nodes = dict(nodes)
             summary.not_started = checked.to_run - summary.finished
-            if summary.stopped is None and fan.stopped == "gate":
+            if summary.stopped is None and fan is not None and fan.stopped == "gate":
                 summary.stopped = "budget"
             summary.spent_usd = round(gate.spent_usd if gate else summary.spent_usd, 6)
             summary.wall_seconds = round(time.monotonic() - started, 3)
@@ -216,11 +170,3 @@ async def _run(run: BatchRun) -> BatchSummary:
             summary.jobs_per_minute = round(summary.finished / minutes, 2) if minutes > 0 else 0.0
     return summary
 
-
-async def _sweep_nodes(backend: Backend, config: RLMConfig) -> None:
-    from fsrlm.batch.cluster import sweep_nodes
-
-    try:
-        await sweep_nodes(backend, config)
-    except Exception as e:  # noqa: BLE001 - clean-up must not hide the batch's outcome
-        logger.warning("sweeping the nodes for leftovers failed: %s", e)

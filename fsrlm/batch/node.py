@@ -9,8 +9,8 @@ image and go on. A node that built the same image itself (``fsrlm image build``)
 uses its own copy.
 
 Each worker also removes, when it takes its first job of a batch (and each node at the end), the containers,
-volumes and broker sockets of runs whose orchestrator died on that machine
-(a worker process killed with its node): ``fsrlm gc``'s rule, restricted to
+volumes and broker sockets of runs whose orchestrator died on that machine (a worker process killed
+with its node), and with the local executor the agent processes such runs left running: ``fsrlm gc``'s rule, restricted to
 orchestrators proven dead, so nothing of a live run is touched.
 """
 
@@ -146,8 +146,13 @@ async def sweep(config: RLMConfig) -> list[str]:
     from fsrlm.executors.registry import create_executor
 
     removed: list[str] = []
-    if config.executor.type == "docker":
-        removed += await create_executor(config.executor).gc(ONLY_PROVEN_DEAD)
+    try:
+        if config.executor.type == "docker":
+            removed += await create_executor(config.executor).gc(ONLY_PROVEN_DEAD)
+        elif config.executor.type == "local":  # its gc reaps only runs whose orchestrator is dead, at any age
+            removed += await create_executor(config.executor).gc(0.0)
+    except Exception as e:  # noqa: BLE001 - e.g. no Docker engine on a node that ran no sandbox: go on
+        logger.warning("removing the sandboxes of dead runs failed: %s", e)
     removed += [f"broker socket {folder}" for folder in remove_stale_socket_dirs()]
     removed += [f"job folder {folder}" for folder in _remove_dead_job_dirs()]
     if removed:

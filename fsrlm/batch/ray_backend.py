@@ -18,9 +18,11 @@ arguments; each node's broker reads them there and no sandbox sees them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +77,21 @@ def check_reachable(address: str) -> None:
         raise ExecutorUnavailable(f"the Ray cluster at {address} cannot be reached ({e}); is the head node up "
                                   "(`ray start --head`) and is the address host:port of its GCS "
                                   "(default port 6379)?") from None
+
+
+@contextlib.contextmanager
+def notices_to_stderr() -> Iterator[None]:
+    """While inside, file descriptor 1 is stderr: a Ray driver prints its notices (a node died, ...)
+    there, and a command whose stdout is its report (``--json``) keeps stdout for the report alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class RayBackend(Backend):

@@ -67,6 +67,20 @@ def put_chunks(path: Path) -> list[Any]:
     return refs
 
 
+def put_data(data: bytes) -> list[Any]:
+    """Copy ``data`` (an input already in memory) into Ray's object store, 4 MiB at a time."""
+    import ray
+
+    return [ray.put(data[start:start + CHUNK]) for start in range(0, len(data), CHUNK)]
+
+
+def read_chunks(refs: list[Any]) -> bytes:
+    """The data of ``put_chunks`` or ``put_data``, on the node that runs the job."""
+    import ray
+
+    return b"".join(ray.get(ref) for ref in refs)
+
+
 def with_chunks(job: Job) -> dict[str, list[Any]]:
     chunks: dict[str, list[Any]] = {}
     if job.input is not None:

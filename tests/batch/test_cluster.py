@@ -17,28 +17,16 @@ from pathlib import Path
 
 import pytest
 from conftest import read_results, write_jobs
-from support import FAKE_UPSTREAM_KEY, run_objects
-
-from fsrlm.testing.ray_cluster import LocalRayCluster
+from support import FAKE_UPSTREAM_KEY, node_leftovers, ray_test_cluster, run_objects
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(600)]
 _STARTED = re.compile(r"started (\S+) on (\S+)")
 
 
 @pytest.fixture
-def node_tmp(tmp_path: Path) -> Path:
-    """The nodes' temp dir (broker sockets, job folders, locks): checked for leftovers at the end."""
-    folder = tmp_path / "nodetmp"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def cluster(node_tmp: Path, docker_image: str):
-    with LocalRayCluster(workers=[{"fsrlm_sandbox": 2}, {"fsrlm_sandbox": 2}], env={"TMPDIR": str(node_tmp)}) as c:
+    with ray_test_cluster(node_tmp) as c:
         yield c
-    assert c.leftovers() == []
-    assert not Path(c.temp_dir).exists()
 
 
 def test_a_batch_survives_a_worker_killed_mid_batch(tmp_path: Path, batch_plan, batch_env, scripted, cluster,
@@ -104,5 +92,5 @@ def test_a_batch_survives_a_worker_killed_mid_batch(tmp_path: Path, batch_plan, 
             assert run_objects(client, folder.name) == [], folder.name
     finally:
         client.close()
-    assert [p.name for p in node_tmp.iterdir() if p.name.startswith(("fsrlm-broker-", "fsrlm-job-"))] == []
+    assert node_leftovers(node_tmp) == []
     assert (sorted(ray_tmp.iterdir()) if ray_tmp.exists() else None) == ray_tmp_before

@@ -18,6 +18,8 @@ from fsrlm.benchmarks.results import RowResult, read_results
 from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
 from support import FAKE_UPSTREAM_KEY
 
+from fsrlm.batch.fleet import FleetOptions, open_fleet
+from fsrlm.config import RLMConfig
 from fsrlm.errors import InputError
 from fsrlm.testing.plans import FinalStep, Plan, first_user_text
 from fsrlm.testing.scripted_model import ScriptedModelServer
@@ -186,7 +188,9 @@ async def test_harness_records_crashes_and_timeouts_and_bounds_concurrency(tmp_p
 
     results = ResultsFile(tmp_path / "out.jsonl")
     progress = io.StringIO()
-    done = await run_rows(rows, solve, concurrency=2, results=results, row_timeout=0.5, progress=progress)
+    async with open_fleet(FleetOptions(concurrency=2), RLMConfig(), {}) as fleet:
+        run = await run_rows(rows, solve, fleet=fleet, results=results, row_timeout=0.5, progress=progress)
+    done = run.results
 
     assert peak == 2
     assert [r.stop_reason for r in done] == ["completed", "error", "completed", "timeout", "completed"]
