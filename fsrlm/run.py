@@ -263,7 +263,8 @@ async def _execute(
     if resume is not None:
         resume.restore(broker.ledger)
     events.emit("run_started", data={"depth": depth, "executor": config.executor.type, "workspace": str(ws.root),
-                                     "root_model": config.effective_root_model, "resumed": resume is not None})
+                                     "root_model": config.effective_root_model, "resumed": resume is not None,
+                                     "warm": slot is not None})
     argv = run_argv(config, limits.model_dump(), system, resume=resume.session_id if resume else None)
     agent = AgentContract(run_id=ws.run_id, token=token, depth=depth, subcall_concurrency=config.subcall_concurrency,
                           api="bedrock" if config.upstream.type == "bedrock" else "anthropic")

@@ -31,7 +31,7 @@ from fsrlm.batch.fleet import FleetOptions, open_fleet, total_budget
 from fsrlm.batch.jobs import Job, iter_jobs, job_config, validate_jobs
 from fsrlm.batch.results import JobResult, ResultsWriter
 from fsrlm.batch.runner import FanOut, FanOutEvent, Outcome
-from fsrlm.batch.task import JobPayload, run_job, with_chunks
+from fsrlm.batch.task import JobPayload, close_shared, run_job, with_chunks
 from fsrlm.config import RLMConfig
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ async def _run(run: BatchRun) -> BatchSummary:
                     raise
                 finally:
                     progress.stop()
+                    await asyncio.to_thread(close_shared)
         finally:
             summary.nodes = dict(nodes)
             summary.not_started = checked.to_run - summary.finished

@@ -114,6 +114,28 @@ def _materialize(payload: JobPayload, folder: Path | None) -> tuple[Any, dict[st
     return prompt, attachments
 
 
+# The jobs a process runs share one RLM object per configuration: with ``executor.warm`` they then
+# share its warm pool (each sandbox still serves one job). Closed by ``close_shared`` at the batch's end.
+_SHARED: dict[str, Any] = {}
+
+
+def _rlm_for(config: RLMConfig) -> Any:
+    from fsrlm.rlm import RLM
+
+    if not getattr(config.executor, "warm", 0):
+        return RLM(config)
+    key = config.model_dump_json()
+    if key not in _SHARED:
+        _SHARED[key] = RLM(config)
+    return _SHARED[key]
+
+
+def close_shared() -> None:
+    """Remove the warm sandboxes no job took (a no-op without ``executor.warm``)."""
+    while _SHARED:
+        _SHARED.popitem()[1].close()
+
+
 async def run_job(payload: JobPayload) -> JobResult:
     """Run one job; every failure becomes a result (stop_reason and errors), never an exception."""
     job = payload.job
@@ -126,9 +148,7 @@ async def run_job(payload: JobPayload) -> JobResult:
         folder = Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-")) if payload.chunks else None
         try:
             prompt, attachments = await asyncio.to_thread(_materialize, payload, folder)
-            from fsrlm.rlm import RLM
-
-            result = await RLM(config).ainvoke(prompt, messages=job.messages, system=job.system,
+            result = await _rlm_for(config).ainvoke(prompt, messages=job.messages, system=job.system,
                                                question=job.question, attachments=attachments or None)
         finally:
             if folder is not None:

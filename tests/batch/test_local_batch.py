@@ -86,3 +86,30 @@ def test_ctrl_c_keeps_what_finished_and_resume_runs_the_rest(tmp_path: Path, bat
     results = read_results(out)
     assert sorted(r["id"] for r in results) == sorted(answers)  # every id exactly once
     assert {r["id"]: r["answer"] for r in results} == answers
+
+
+@pytest.mark.docker
+def test_jobs_share_one_warm_pool(tmp_path: Path, batch_plan, batch_env, docker_image) -> None:
+    """With executor.warm, a batch's jobs take sandboxes started ahead of time; none is left after the batch."""
+    from fsrlm.events import read_events
+
+    answers = write_jobs(tmp_path, 4)
+    env = {**batch_env, "FSRLM_EXECUTOR": json.dumps({"type": "docker", "warm": 2}),
+           "FSRLM_PRESERVE_WORKSPACE": "true"}
+    out = tmp_path / "results.jsonl"
+    proc = run_batch_cli(["jobs.jsonl", "--out", str(out), "-j", "2", "--json"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(out)
+    assert {r["id"]: r["answer"] for r in results} == answers
+    warm = [read_events(Path(r["workspace_path"]))[0].data["warm"] for r in results]
+    assert warm.count(True) >= 3, warm  # the first wave may start while the pool fills; the rest take slots
+    import docker
+
+    client = docker.from_env()
+    try:
+        left = client.containers.list(all=True, filters={"label": "fsrlm=1"})
+        ours = [c.name for c in left if c.labels.get("fsrlm.run-id") in {r["run_id"] for r in results}
+                or str(tmp_path) in json.dumps(c.attrs.get("Mounts"))]
+    finally:
+        client.close()
+    assert ours == []  # each job's sandbox gone, and the slots no job took removed at the end
