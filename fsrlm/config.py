@@ -197,6 +197,8 @@ def build_config(data: Mapping[str, Any]) -> RLMConfig:
     """Validate a mapping into an ``RLMConfig``, turning errors into ``ConfigError``."""
     data = dict(data)
     executor = data.get("executor")
+    if isinstance(executor, dict) and "type" not in executor:  # settings of the default executor
+        executor = data["executor"] = {"type": "docker", **executor}
     if isinstance(executor, dict) and executor.get("type") not in (None, *EXECUTOR_TYPES):
         raise ConfigError(
             f"Unknown executor type {executor.get('type')!r}; valid types: {', '.join(EXECUTOR_TYPES)}."
@@ -227,5 +229,11 @@ def load_config(
         data = merge_settings(data, _env_overrides(env))
     except json.JSONDecodeError as e:
         raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
+    isolation = env.get("FSRLM_ISOLATION")
+    if isolation:  # the sandbox's kernel, for whichever container executor the config names (not for local)
+        executor = data.get("executor")
+        executor = dict(executor) if isinstance(executor, dict) else {}
+        if executor.get("type", "docker") != "local":
+            data["executor"] = {"type": "docker", **executor, "isolation": isolation}
     data = merge_settings(data, dict(overrides or {}))
     return build_config(data)

@@ -21,6 +21,7 @@ def print_result(result: RLMResult, as_json: bool) -> None:
         click.echo(
             f"[{result.stop_reason}] {m.turns} turns, {m.subcalls} subcalls (+{m.subcalls_cached} cached, "
             f"{m.subcalls_refused} refused), ${m.total_cost_usd:.4f}, {m.wall_seconds:.1f}s"
+            + (f", {result.sandbox.label()}" if result.sandbox else "")
             + (f", workspace {result.workspace_path}" if result.workspace_path else ""),
             err=True,
         )

@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from fsrlm.events import RLMEvent
+from fsrlm.executors.base import SandboxInfo
 
 
 class ProgressState:
@@ -24,6 +25,8 @@ class ProgressState:
 
     def update(self, event: RLMEvent) -> str | None:
         """Fold ``event`` in; return a one-line description worth printing, if any."""
+        if event.kind == "run_started" and event.data and isinstance(event.data.get("sandbox"), dict):
+            return f"sandbox: {SandboxInfo.model_validate(event.data['sandbox']).label()}"
         if event.kind == "tool_use":
             self.tool_uses += 1
             self.last = f"{event.tool}: {(event.detail or '')[:80]}"

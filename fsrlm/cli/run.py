@@ -22,13 +22,15 @@ from fsrlm.rlm import RLM
 @click.option("-q", "--question", help="The question about INPUT (shown to the agent, saved to input/question.md).")
 @click.option("-s", "--system", help="A system prompt for the task.")
 @click.option("-e", "--executor", type=click.Choice(EXECUTOR_TYPES), help="Where the agent runs (default: config).")
+@click.option("--isolation", type=click.Choice(["auto", "runc", "gvisor"]),
+              help="The sandbox's kernel: gvisor, runc (the host's), or auto (gvisor when the engine has it).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default ./fsrlm.toml).")
 @click.option("-w", "--workspace", type=click.Path(file_okay=False), help="Parent folder for run folders (kept).")
 @model_options
 @click.option("--preserve-workspace/--no-preserve-workspace", default=None, help="Keep the run folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def run(input_path: str, question: str | None, system: str | None, executor: str | None,
+def run(input_path: str, question: str | None, system: str | None, executor: str | None, isolation: str | None,
         config_path: str | None, workspace: str | None, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Run the RLM over INPUT (a file, or - for stdin) and print the answer.
 
@@ -37,8 +39,8 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
     4 sandbox error, 5 model API error.
     """
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    if executor:
-        overrides["executor"] = {"type": executor}
+    if executor or isolation:
+        overrides["executor"] = {k: v for k, v in (("type", executor), ("isolation", isolation)) if v}
     if workspace:
         overrides["workspace_dir"] = workspace
         overrides.setdefault("preserve_workspace", True)

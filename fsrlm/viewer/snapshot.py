@@ -79,6 +79,7 @@ class RunSnapshot(BaseModel):
     totals: RunMetrics
     totals_source: Literal["result", "audit"]  # the run's own result, or computed from the audit log (live)
     errors: list[str] = Field(default_factory=list)
+    sandbox: dict[str, Any] | None = None  # which kernel the agent had (SandboxInfo), from the result or job.json
 
 
 class RunListItem(BaseModel):
@@ -237,7 +238,17 @@ def snapshot(root: Path) -> RunSnapshot:
         totals=totals,
         totals_source=source,
         errors=[str(e) for e in errors] if isinstance(errors, list) else [],
+        sandbox=_sandbox_of(result, job),
     )
+
+
+def _sandbox_of(result: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``SandboxInfo``: the result's (written by the host at the end), else job.json's (at the start)."""
+    for source in (result or {}, job):
+        value = source.get("sandbox")
+        if isinstance(value, dict):
+            return value
+    return None
 
 
 # -- a folder of runs ---------------------------------------------------------------------

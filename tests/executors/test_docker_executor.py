@@ -151,9 +151,10 @@ async def _ready_executor(config: DockerExecutorConfig | None = None) -> DockerE
 
 @pytest.mark.docker
 async def test_container_settings_and_stdin_round_trip(
-    docker_image, make_spec, run_to_end, docker_client, workspace
+    docker_image, make_spec, run_to_end, docker_client, workspace, sandbox_runtime
 ) -> None:
-    executor = await _ready_executor(DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100))
+    settings = DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100)
+    executor = await _ready_executor(settings)
     spec = make_spec()
     async with await executor.prepare(spec) as sandbox:
         sandbox.cli_path = "/bin/cat"
@@ -164,7 +165,10 @@ async def test_container_settings_and_stdin_round_trip(
         assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True
         assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd") and hc["Privileged"] is False
         assert hc["SecurityOpt"] == ["no-new-privileges"]
-        assert hc["Init"] is True and hc["PidsLimit"] == 100
+        # Under gVisor pids_limit holds inside (RLIMIT_NPROC); the host's cap leaves room for gVisor's stubs.
+        pids = hardening.gvisor_limits(settings).host_pids if sandbox_runtime == "runsc" else 100
+        assert hc["Init"] is True and hc["PidsLimit"] == pids
+        assert hc["Runtime"] == sandbox_runtime
         assert hc["Memory"] == hc["MemorySwap"] == 768 * 1024 * 1024
         assert hc["NanoCpus"] == 500_000_000
         assert set(hc["Tmpfs"]) == {"/tmp", "/home/sandbox"}
