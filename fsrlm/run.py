@@ -281,7 +281,8 @@ async def _execute(
             logger.exception("run %s failed", ws.run_id)
             outcome.fail("error", f"{type(e).__name__}: {e}")
 
-    result = _result(config, ws, broker, events, shared, outcome, started=started, depth=depth)
+    result = _result(config, ws, broker, events, shared, outcome, started=started, depth=depth,
+                     sandbox_info=sandbox_info)
     record_state(stop_reason=result.stop_reason, finished=result.stop_reason not in ("interrupted", "timeout"),
                  result=result.model_dump(mode="json", exclude={"artifacts"}))
     return result
@@ -330,7 +331,7 @@ async def _drive_agent(sandbox: Sandbox, argv: list[str], prompt: str, timeout: 
 
 
 def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, shared: SharedLedger,
-            outcome: _Outcome, *, started: float, depth: int) -> RLMResult:
+            outcome: _Outcome, *, started: float, depth: int, sandbox_info=None) -> RLMResult:
     """What the run produced, read from the workspace and the broker's own records."""
     events.poll_artifacts()
     errors = outcome.errors

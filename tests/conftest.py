@@ -29,13 +29,18 @@ def wanted_runtimes() -> list[str]:
     return names
 
 
+# Fixtures parametrised over executor backends ("local", "docker", "remote-docker"): a test using one runs
+# under both kernels, except its local runs (tests/executors/test_conformance.py: backend).
+BACKEND_FIXTURES = ("executor_type", "backend")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise ``sandbox_runtime`` for docker tests: those marked ``docker`` and the ``executor_type`` ones."""
+    """Parametrise ``sandbox_runtime`` for docker tests: those marked ``docker`` and the backend-parametrised ones."""
     if "sandbox_runtime" not in metafunc.fixturenames:
         return
     if metafunc.definition.get_closest_marker("one_kernel"):
         return
-    if metafunc.definition.get_closest_marker("docker") or "executor_type" in metafunc.fixturenames:
+    if metafunc.definition.get_closest_marker("docker") or any(f in metafunc.fixturenames for f in BACKEND_FIXTURES):
         metafunc.parametrize("sandbox_runtime", wanted_runtimes(), indirect=True)
 
 
@@ -45,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(item, "callspec", None) and item.callspec.params
         if params and params.get("sandbox_runtime") == "runsc":
-            if params.get("executor_type") == "local":
+            if any(params.get(f) == "local" for f in BACKEND_FIXTURES):
                 dropped.append(item)
                 continue
             item.add_marker(pytest.mark.docker)
