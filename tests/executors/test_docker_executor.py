@@ -280,13 +280,16 @@ async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec
 
 
 @pytest.mark.docker
-async def test_memory_limit_is_enforced(docker_image, make_spec, run_to_end, docker_client) -> None:
+async def test_memory_limit_is_enforced(docker_image, make_spec, run_to_end, docker_client, sandbox_runtime) -> None:
     executor = await _ready_executor(DockerExecutorConfig(memory="64m"))
     async with await executor.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/usr/bin/python3"
         script = "b = []\nwhile True: b.append(bytearray(16 * 1024 * 1024))"
         _, result = await run_to_end(await sandbox.start_agent(["-c", script]))
-    assert result.oom_killed is True and result.exit_code == 137 and result.killed is False
+    assert result.exit_code == 137 and result.killed is False
+    # Under gVisor the host's OOM killer kills the whole sandbox and Docker does not always set OOMKilled
+    # (gVisor issue 2433; seen here both ways): the exit code is the evidence there.
+    assert result.oom_killed is True or sandbox_runtime == "runsc"
 
 
 @pytest.mark.docker
