@@ -8,7 +8,7 @@ FSRLM  := $(VENV)/bin/fsrlm
 STAMP  := $(VENV)/.fsrlm-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup docker image run test test-fast demo bench security clean
+.PHONY: setup docker gvisor image run test test-fast demo bench security doctor clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ docker:
 
 image: setup docker
 	$(FSRLM) image build
+
+# gVisor's runsc from Debian, registered with this machine's Docker engine by a configuration reload
+# (never a restart; see scripts/install-gvisor.sh). Then `executor.isolation = "auto"` runs on gVisor.
+gvisor: setup docker
+	@bash scripts/install-gvisor.sh
+	$(FSRLM) doctor
+
+doctor: setup
+	$(FSRLM) doctor --probe
 
 run: setup
 	@test -n "$(INPUT)" || { echo 'usage: make run INPUT=path/to/file QUESTION="..."' >&2; exit 2; }

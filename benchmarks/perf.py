@@ -9,13 +9,14 @@ figures are the machinery's own cost, not a model's. Sections:
   startup  how long `fsrlm --help`, `fsrlm gc`, `fsrlm view --help` and `import fsrlm` take
   runs     per-run overhead of each executor vs the bare CLI on the same script
   jobs     the reference jobs (30 chunks at 0 ms, 100 chunks at 200 ms; benchmarks/README.md) per executor
+           (docker under runc and under gVisor when the engine has it: docker:runc, docker:gvisor)
   parallel N concurrent runs per executor: throughput and failures
   remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
 Executors: local, docker, and docker-warm (docker from a warm pool: ``executor.warm``; each timed run
 takes a sandbox the pool started while the previous one ran).
 
-Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker] [--quick] [--json]
+Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker:runc,docker:gvisor] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -204,7 +205,15 @@ WARM = "docker-warm"
 
 
 def _executor_table(executor: str, warm: int = 2) -> dict[str, Any]:
-    return {"type": "docker", "warm": warm} if executor == WARM else {"type": executor}
+    """``local``, ``docker``, ``docker-warm``, ``docker:runc`` / ``docker:gvisor`` (executor.isolation) or
+    ``docker@NAME`` (executor.runtime, e.g. a runsc registered with --platform=kvm) as an executor table."""
+    if executor == WARM:
+        return {"type": "docker", "warm": warm}
+    if "@" in executor:
+        kind, runtime = executor.split("@", 1)
+        return {"type": kind, "runtime": runtime}
+    kind, _, isolation = executor.partition(":")
+    return {"type": kind, "isolation": isolation} if isolation else {"type": kind}
 
 
 def _config(executor: str, url: str, tmp: Path, *, warm: int = 2, **extra: Any) -> RLMConfig:
@@ -330,7 +339,9 @@ SECTIONS = ("startup", "broker", "batch", "chunking", "runs", "jobs", "parallel"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fsrlm bench perf", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--executors", default=None, help="default: local,docker (docker when the engine is up)")
+    parser.add_argument("--executors", default=None,
+                        help="default: local,docker:runc,docker:gvisor,docker-warm (docker when the engine is up, "
+                             "gvisor when it has it); docker@RUNTIME names an engine runtime, e.g. docker@runsc-kvm")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 1 GB input, no 1000-call batches")
     parser.add_argument("--json", action="store_true", help="print all tables as one JSON object")
     parser.add_argument("--remote-host", default=None,
@@ -375,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if "parallel" in only:
         section("concurrent runs on this machine", bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16]))
 
-    if "remote" in only and "docker" in executors:
+    if "remote" in only and any(e.startswith("docker") for e in executors):
         if args.remote_host or os.geteuid() == 0:
             from fsrlm.benchmarks.remote import (
                 bench_overhead,
@@ -399,11 +410,16 @@ def _default_executors() -> list[str]:
     try:
         import docker
 
-        docker.from_env().ping()
-        return ["local", "docker", WARM]
+        from fsrlm.executors.docker.isolation import engine_runtimes, usable_gvisor
+
+        info = docker.from_env().info()
     except Exception:
         print("(Docker engine not reachable: benchmarking the local executor only)", file=sys.stderr)
         return ["local"]
+    if usable_gvisor(engine_runtimes(info), bind_socket=True) is None:  # runc and gVisor side by side when both
+        print("(the engine has no gVisor runtime (`make gvisor`): docker under runc only)", file=sys.stderr)
+        return ["local", "docker:runc", WARM]
+    return ["local", "docker:runc", "docker:gvisor", WARM]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 from fsrlm.executors.contract import AgentContract
 from pydantic import BaseModel, ConfigDict
@@ -48,6 +49,29 @@ class SandboxSpec(BaseModel):
     @property
     def run_id(self) -> str:
         return self.agent.run_id
+
+
+class SandboxInfo(BaseModel):
+    """Which kernel a run's agent had; the result, the host-side run record and the run's events say it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    executor: str  # local, docker, remote-docker
+    #: host: the agent's system calls reach the kernel of the machine it runs on (the Docker host's for
+    #: remote-docker); gvisor: they reach gVisor's user-space kernel (runsc); other: another OCI runtime's
+    kernel: Literal["host", "gvisor", "other"]
+    isolation: str = "none"  # what was asked: none (local), auto, runc or gvisor
+    runtime: str | None = None  # the engine's name of the OCI runtime the container ran with
+    platform: str | None = None  # gVisor's platform (ptrace by default, kvm)
+    reason: str = ""  # why this runtime, e.g. what auto found
+
+    def label(self) -> str:
+        """One phrase for people: 'gVisor (runsc, ptrace)', 'host kernel (runc)'."""
+        if self.kernel == "gvisor":
+            return f"gVisor ({', '.join(x for x in (self.runtime, self.platform) if x)})"
+        if self.kernel == "other":
+            return f"runtime {self.runtime}"
+        return f"host kernel ({self.runtime})" if self.runtime else "host kernel, no sandbox"
 
 
 class ExecResult(BaseModel):
@@ -124,6 +148,16 @@ class Sandbox(abc.ABC):
 
 class Executor(abc.ABC):
     """A backend that can run the agent: local process, Docker, remote Docker."""
+
+    #: Set by ``check`` when the backend knows more (the docker executors: the runtime it chose).
+    info: SandboxInfo | None = None
+
+    def describe(self) -> SandboxInfo:
+        """Which kernel the agent gets; call after ``check``."""
+        if self.info is not None:
+            return self.info
+        config = getattr(self, "config", None)
+        return SandboxInfo(executor=getattr(config, "type", type(self).__name__), kernel="host")
 
     @abc.abstractmethod
     async def check(self) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Isolation = Literal["auto", "runc", "gvisor"]
+
 
 class _ExecutorConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,8 +32,21 @@ class _ContainerLimits(_ExecutorConfigBase):
     cpus: float = Field(default=1.0, gt=0, description="CPU limit")
     pids_limit: int = Field(default=256, ge=32)
     tmpfs_size: str = Field(default="256m", description="size cap of each tmpfs (/tmp, home, CLI dirs)")
-    runtime: str | None = Field(default=None, description="OCI runtime, e.g. runsc for gVisor")
+    isolation: Isolation = Field(
+        default="auto",
+        description="the sandbox's kernel: 'gvisor' (gVisor's user-space kernel, runsc: the agent never talks to "
+        "the host's kernel), 'runc' (containers share the host's kernel), or 'auto': gvisor when the Docker engine "
+        "has a gVisor runtime registered with the arguments fsRLM needs (`fsrlm doctor`), else runc",
+    )
+    runtime: str | None = Field(
+        default=None,
+        description="the engine's name of the OCI runtime to use, when it is not the one isolation picks (e.g. a "
+        "gVisor runtime registered as 'gvisor', or crun); it must be a gVisor runtime for isolation='gvisor' and "
+        "must not be one for isolation='runc'",
+    )
     max_result_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="cap on any file read back")
+
+
 
 
 class DockerExecutorConfig(_ContainerLimits):

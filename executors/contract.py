@@ -64,7 +64,7 @@ class SandboxPlaces(BaseModel):
     broker_url: str
     home: str
     tmp: str | None = None  # None: leave the temp folder as the process found it (local)
-    plumbing: Mapping[str, str] = Field(default_factory=dict)  # backend-only variables (BASH_ENV, relay mode)
+    plumbing: Mapping[str, str] = Field(default_factory=dict)  # backend-only variables (CLAUDE_CODE_SHELL, relay mode)
 
 
 def agent_environment(agent: AgentContract, places: SandboxPlaces,

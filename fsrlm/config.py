@@ -320,6 +320,9 @@ def check_executor_type(data: Mapping[str, Any]) -> None:
 def build_config(data: Mapping[str, Any]) -> RLMConfig:
     """Validate a mapping into an ``RLMConfig``, turning errors into ``ConfigError``."""
     data = dict(data)
+    executor = data.get("executor")
+    if isinstance(executor, dict) and "type" not in executor:  # settings of the default executor
+        data["executor"] = {"type": "docker", **executor}
     check_executor_type(data)
     try:
         return RLMConfig.model_validate(data)
@@ -344,6 +347,12 @@ def collect_sources(
         data = merge_settings(data, _env_overrides(env))
     except json.JSONDecodeError as e:
         raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
+    isolation = env.get("FSRLM_ISOLATION")
+    if isolation:  # the sandbox's kernel, for whichever container executor the config names (not for local)
+        executor = data.get("executor")
+        executor = dict(executor) if isinstance(executor, dict) else {}
+        if executor.get("type", "docker") != "local":
+            data["executor"] = {"type": "docker", **executor, "isolation": isolation}
     return merge_settings(data, dict(overrides or {}))
 
 

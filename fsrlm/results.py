@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from fsrlm.broker.audit import CallRecord
+from fsrlm.executors.base import SandboxInfo
 
 StopReason = Literal[
     "completed",  # the agent finished and wrote output/answer.md
@@ -100,6 +101,7 @@ class RLMResult(BaseModel):
     workspace_path: Path | None = None
     run_id: str
     session_id: str | None = None
+    sandbox: SandboxInfo | None = None  # which kernel the agent had: gVisor's or the host's (runc)
     nested: list[NestedRun] = Field(default_factory=list)  # runs started by rlm_query, in call order
 
     def forget_workspaces(self) -> None:

@@ -174,6 +174,7 @@ async def run_rlm(
         "run_id": run_id, "depth": depth, "limits": limits_of(config).model_dump(),
         "root_model": config.effective_root_model, "submodel": config.effective_submodel,
         "executor": config.executor.type, "input_bytes": summary.size_bytes,
+        "sandbox": executor.describe().model_dump(),  # which kernel (gVisor or the host's)
     })
     return await _execute(config, executor, ws, first_message(summary), system=inp.system, depth=depth,
                           shared=shared or SharedLedger(), on_event=on_event, slot=slot)
@@ -229,7 +230,8 @@ async def _execute(
     token = slot.token if slot is not None else secrets.token_urlsafe(32)  # a warm CLI already holds its token
     outcome = _Outcome(resume.session_id if resume else None)
     events = EventLog(ws.root, ws.run_id, [on_event] if on_event else [])
-    store = RunStateStore(config.effective_cache_dir)
+    sandbox_info = executor.describe()  # which kernel the agent gets: in the result, the record, the events
+    store = RunStateStore(config.effective_cache_dir, sandbox=sandbox_info)
 
     settings = saved_settings(config)
 
@@ -264,7 +266,7 @@ async def _execute(
         resume.restore(broker.ledger)
     events.emit("run_started", data={"depth": depth, "executor": config.executor.type, "workspace": str(ws.root),
                                      "root_model": config.effective_root_model, "resumed": resume is not None,
-                                     "warm": slot is not None})
+                                     "warm": slot is not None, "sandbox": sandbox_info.model_dump()})
     argv = run_argv(config, limits.model_dump(), system, resume=resume.session_id if resume else None)
     agent = AgentContract(run_id=ws.run_id, token=token, depth=depth, subcall_concurrency=config.subcall_concurrency,
                           api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
@@ -290,7 +292,8 @@ async def _execute(
             logger.exception("run %s failed", ws.run_id)
             outcome.fail("error", f"{type(e).__name__}: {e}")
 
-    result = _result(config, ws, broker, events, shared, outcome, started=started, depth=depth)
+    result = _result(config, ws, broker, events, shared, outcome, started=started, depth=depth,
+                     sandbox_info=sandbox_info)
     record_state(stop_reason=result.stop_reason, finished=result.stop_reason not in ("interrupted", "timeout"),
                  result=result.model_dump(mode="json", exclude={"artifacts"}))
     return result
@@ -339,7 +342,7 @@ async def _drive_agent(sandbox: Sandbox, argv: list[str], prompt: str, timeout: 
 
 
 def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, shared: SharedLedger,
-            outcome: _Outcome, *, started: float, depth: int) -> RLMResult:
+            outcome: _Outcome, *, started: float, depth: int, sandbox_info=None) -> RLMResult:
     """What the run produced, read from the workspace and the broker's own records."""
     events.poll_artifacts()
     errors = outcome.errors
@@ -369,7 +372,7 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
     result = RLMResult(
         answer=answer.strip() if answer else None, success=success, stop_reason=stop, metrics=metrics,
         errors=errors, artifacts=ws.artifacts(), workspace_path=ws.root, run_id=ws.run_id,
-        session_id=outcome.session_id, nested=outcome.nested,
+        session_id=outcome.session_id, nested=outcome.nested, sandbox=sandbox_info,
     )
     events.emit("result", data=result.summary())
     if success and not config.preserve_workspace and depth == 0:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from fsrlm.broker.limits import RunLedger, SharedLedger
 from fsrlm.errors import WorkspaceError
+from fsrlm.executors.base import SandboxInfo
 
 
 class RunState(BaseModel):
@@ -37,6 +38,7 @@ class RunState(BaseModel):
     per_script: dict[str, int] = {}
     finished: bool = False
     stop_reason: str | None = None
+    sandbox: SandboxInfo | None = None  # which kernel the agent had (the runtime the executor chose)
 
     @classmethod
     def of(cls, ledger: RunLedger, *, run_id: str, workspace: Path, session_id: str | None,
@@ -60,14 +62,17 @@ class RunState(BaseModel):
 
 
 class RunStateStore:
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, *, sandbox: SandboxInfo | None = None) -> None:
         self.directory = cache_dir / "runs"
+        self.sandbox = sandbox  # stamped on every record this store saves
 
     def path(self, run_id: str) -> Path:
         return self.directory / f"{run_id}.json"
 
     def save(self, state: RunState) -> None:
         tmp = None
+        if state.sandbox is None:
+            state.sandbox = self.sandbox
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")

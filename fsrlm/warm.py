@@ -38,7 +38,7 @@ from fsrlm.agent import run_argv
 from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError, SandboxError
-from fsrlm.executors.base import AgentProcess, Executor, Sandbox, SandboxSpec
+from fsrlm.executors.base import AgentProcess, Executor, Sandbox, SandboxInfo, SandboxSpec
 from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
 from fsrlm.workspace import Workspace
@@ -50,8 +50,10 @@ class WarmSlot:
     """One sandbox started ahead of time for one future run. An executor for exactly that run's spec."""
 
     def __init__(self, *, run_id: str, token: str, workspace: Workspace, socket: BrokerSocket, sandbox: Sandbox,
-                 process: AgentProcess, argv: list[str], system: str | None) -> None:
+                 process: AgentProcess, argv: list[str], system: str | None,
+                 info: SandboxInfo | None = None) -> None:
         self.run_id = run_id
+        self.info = info  # which kernel the pool's executor chose
         self.token = token
         self.workspace = workspace
         self.socket = socket
@@ -67,6 +69,9 @@ class WarmSlot:
 
     async def check(self) -> None:
         return None
+
+    def describe(self) -> SandboxInfo:
+        return self.info or SandboxInfo(executor="docker", kernel="host")
 
     async def prepare(self, spec: SandboxSpec) -> Sandbox:
         if spec.workspace != self.workspace.root or spec.broker.unix_socket != self.socket.path:
@@ -183,7 +188,7 @@ class WarmPool:
             raise
         self.made += 1
         return WarmSlot(run_id=run_id, token=token, workspace=workspace, socket=socket, sandbox=sandbox,
-                        process=process, argv=argv, system=system)
+                        process=process, argv=argv, system=system, info=self._executor.describe())
 
     async def take(self, system: str | None) -> WarmSlot | None:
         """A slot started for ``system``, or None (the run goes cold); the pool refills meanwhile.

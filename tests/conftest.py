@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY, ISOLATION_OF, SANDBOX_RUNTIMES, default_isolation, engine_has_gvisor, gvisor_runtimes
 
 from fsrlm.config import RLMConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
@@ -24,6 +24,78 @@ EXECUTORS = ["local", "docker", "remote-docker"]
 # the default disposition (exec resets a handled signal to SIG_DFL).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# -- the sandbox's kernel: every docker test runs under runc and under gVisor (runsc) ------------------
+
+
+def wanted_runtimes() -> list[str]:
+    """The kernels docker tests run under: ``FSRLM_TEST_RUNTIMES`` (e.g. ``runc``), default both."""
+    value = os.environ.get("FSRLM_TEST_RUNTIMES", "")
+    names = [n.strip() for n in value.split(",") if n.strip()] or list(SANDBOX_RUNTIMES)
+    unknown = sorted(set(names) - set(SANDBOX_RUNTIMES))
+    if unknown:
+        raise pytest.UsageError(f"FSRLM_TEST_RUNTIMES: unknown {', '.join(unknown)}; use {', '.join(SANDBOX_RUNTIMES)}")
+    return names
+
+
+# Fixtures parametrised over executor backends ("local", "docker", "remote-docker"): a test using one runs
+# under both kernels, except its local runs (tests/executors/test_conformance.py: backend).
+BACKEND_FIXTURES = ("executor_type", "backend")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``sandbox_runtime`` for docker tests: those marked ``docker`` and the backend-parametrised ones."""
+    if "sandbox_runtime" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("one_kernel"):
+        return
+    if metafunc.definition.get_closest_marker("docker") or any(f in metafunc.fixturenames for f in BACKEND_FIXTURES):
+        metafunc.parametrize("sandbox_runtime", wanted_runtimes(), indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """No gVisor twin of a local-executor test; the gVisor twins are docker tests."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        if params and params.get("sandbox_runtime") == "runsc":
+            if any(params.get(f) == "local" for f in BACKEND_FIXTURES):
+                dropped.append(item)
+                continue
+            item.add_marker(pytest.mark.docker)
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def gvisor_available() -> bool:
+    return engine_has_gvisor()
+
+
+@pytest.fixture(autouse=True)
+def sandbox_runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """The kernel this docker test's sandboxes get: ``runc`` or ``runsc`` (gVisor); None for other tests.
+
+    Applied to every container executor config the test builds (``executor.isolation``'s default and
+    ``FSRLM_ISOLATION`` for ``fsrlm`` commands), so a suite gets both kernels by depending on this
+    fixture (it is autouse: marking a test ``docker`` or using ``executor_type`` is enough). Under
+    runsc the machine's engine must have gVisor (``make gvisor``): without it the test skips, and
+    fails under ``CI=true``.
+    """
+    name = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    if name == "runsc" and not request.getfixturevalue("gvisor_available"):
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "the Docker engine has no usable gVisor runtime: `make gvisor` installs and registers runsc")
+    request.node.user_properties.append(("sandbox_runtime", name))
+    monkeypatch.setenv("FSRLM_ISOLATION", ISOLATION_OF[name])
+    with default_isolation(ISOLATION_OF[name]):
+        yield name
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +181,31 @@ def remote_docker_host() -> Iterator[Any]:
 
     if os.geteuid() != 0:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("starting a second Docker daemon needs root")
+    with SecondDockerd(runtimes=gvisor_runtimes()) as daemon:  # it offers gVisor when this machine has runsc
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def plain_dockerd(docker_image) -> Iterator[Any]:
+    """A second Docker daemon on loopback with no gVisor runtime, holding the sandbox image.
+
+    On this machine, so the ``docker`` executor can use it too (``DOCKER_HOST``: its bind
+    mounts are this machine's folders): an engine for ``isolation = "auto"`` without runsc.
+    """
+    import docker
+    from dockerd import SecondDockerd
+
+    from fsrlm.executors.docker.ship import ship
+
+    if os.geteuid() != 0:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("starting a second Docker daemon needs root")
     with SecondDockerd() as daemon:
+        local, remote = docker.from_env(), daemon.client()
+        try:
+            ship(local, remote, docker_image)
+        finally:
+            local.close()
+            remote.close()
         yield daemon
 
 

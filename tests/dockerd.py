@@ -6,7 +6,8 @@ port>`` — plain, or with ``tls=True`` behind ``--tlsverify`` with a CA, server
 and client certificates made on the spot (plus a second, unrelated CA to test
 a wrong one). No bridge, no iptables: its containers can only have
 ``network_mode=none``, which is all fsRLM uses. The storage driver is the
-main daemon's (when it answers), so images load fast.
+main daemon's (when it answers), so images load fast. ``runtimes`` registers OCI runtimes
+in its own daemon.json (e.g. gVisor's runsc, so a test "remote host" offers gVisor).
 
     with SecondDockerd(tls=True) as daemon:
         daemon.url, daemon.env  # {"DOCKER_HOST": ..., "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": ...}
@@ -163,8 +164,10 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 class SecondDockerd:
     """A throwaway dockerd on 127.0.0.1; a context manager."""
 
-    def __init__(self, *, tls: bool = False, storage_driver: str | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(self, *, tls: bool = False, storage_driver: str | None = None, start_timeout: float = 60.0,
+                 runtimes: dict[str, dict] | None = None) -> None:
         self.tls = tls
+        self.runtimes = dict(runtimes or {})
         self.storage_driver = storage_driver
         self.start_timeout = start_timeout
         self.dir: Path | None = None
@@ -175,6 +178,16 @@ class SecondDockerd:
     @property
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The dockerd process (the install script registers runtimes with it by this)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def config_file(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "daemon.json"
 
     @property
     def env(self) -> dict[str, str]:
@@ -198,7 +211,8 @@ class SecondDockerd:
             logger.info("removed %s, left by a second dockerd whose session was killed", stale)
         self.dir = Path(tempfile.mkdtemp(prefix="fsrlm-dd-", dir="/tmp"))  # short: containerd socket paths
         self.port = free_port()
-        (self.dir / "daemon.json").write_text("{}")  # never the machine's /etc/docker/daemon.json
+        # Never the machine's /etc/docker/daemon.json; extra OCI runtimes (e.g. gVisor's runsc) when asked for.
+        (self.dir / "daemon.json").write_text(json.dumps({"runtimes": self.runtimes} if self.runtimes else {}))
         args = ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
                 "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "dockerd.pid"),
                 "-H", self.url, "--bridge=none", "--iptables=false", "--ip-masq=false",

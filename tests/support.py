@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def load_tool(name: str):
 
 # Run inside a sandbox (python3 -c PROBE): reports what the agent could see and do, as JSON.
 SANDBOX_PROBE = r"""
-import json, os, urllib.request, urllib.error
+import ctypes, json, os, urllib.request, urllib.error
+# PR_GET_NO_NEW_PRIVS, asked directly: gVisor's /proc/self/status has no NoNewPrivs (nor CapAmb) line.
+no_new_privs = ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 def writable(path):
     try:
@@ -89,7 +92,9 @@ def get(headers, tries=100):
 prompt = "/workspace/input/prompt.md"
 print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
-    "status": {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
+    "status": {k: status.get(k, "").strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs",
+                                                      "Seccomp")},
+    "no_new_privs": no_new_privs,
     "net": sorted(os.listdir("/sys/class/net")),
     "writable": {p: writable(p) for p in ("/probe", "/etc/probe", "/usr/local/bin/probe", "/opt/fsrlm/probe",
                                           "/workspace/probe.txt", "/workspace/output/probe.txt", "/tmp/probe",
@@ -164,3 +169,59 @@ def node_leftovers(node_tmp: Path) -> list[str]:
     """What runs left in a node's temp dir: broker sockets, job (or baseline) folders, local-run records."""
     left = [p.name for p in node_tmp.iterdir() if p.name.startswith(("fsrlm-broker-", "fsrlm-job-"))]
     return left + [str(p.relative_to(node_tmp)) for p in node_tmp.glob("fsrlm-*/local/*.json")]
+# -- the sandbox's kernel (tests/conftest.py: the sandbox_runtime fixture) ----------------------------
+
+SANDBOX_RUNTIMES = ("runc", "runsc")
+ISOLATION_OF = {"runc": "runc", "runsc": "gvisor"}
+
+
+def kernel_env() -> dict[str, str]:
+    """``FSRLM_ISOLATION`` as the running test set it, for a ``fsrlm`` command a test starts itself."""
+    value = os.environ.get("FSRLM_ISOLATION")
+    return {"FSRLM_ISOLATION": value} if value else {}
+
+
+@contextlib.contextmanager
+def default_isolation(value: str) -> Iterator[None]:
+    """Make ``value`` the default ``isolation`` of every container executor config built meanwhile.
+
+    Tests build executor configs many ways (``DockerExecutorConfig()``, dicts assigned to
+    ``config.executor``, ``FSRLM_EXECUTOR``); changing the field's default reaches them all.
+    """
+    from fsrlm.config import RLMConfig
+    from fsrlm.executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
+
+    models = (DockerExecutorConfig, RemoteDockerExecutorConfig)
+    old = [m.model_fields["isolation"].default for m in models]
+    try:
+        for m in models:
+            m.model_fields["isolation"].default = value
+            m.model_rebuild(force=True)
+        RLMConfig.model_rebuild(force=True)
+        yield
+    finally:
+        for m, default in zip(models, old):
+            m.model_fields["isolation"].default = default
+            m.model_rebuild(force=True)
+        RLMConfig.model_rebuild(force=True)
+
+
+def engine_has_gvisor(client=None) -> bool:
+    """Whether the local Docker engine has a gVisor runtime the docker executor can use."""
+    from fsrlm.executors.docker.isolation import engine_runtimes, usable_gvisor
+
+    try:
+        import docker
+
+        client = client or docker.from_env(timeout=20)
+        return usable_gvisor(engine_runtimes(client.info()), bind_socket=True) is not None
+    except Exception:  # noqa: BLE001 - no engine: the docker tests fail on their own
+        return False
+
+
+def gvisor_runtimes() -> dict[str, dict]:
+    """The runtimes table a test's own dockerd gets so that it offers gVisor (empty without runsc here)."""
+    import shutil
+
+    runsc = shutil.which("runsc")
+    return {"runsc": {"path": runsc, "runtimeArgs": ["--network=none", "--host-uds=open"]}} if runsc else {}

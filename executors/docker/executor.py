@@ -17,7 +17,7 @@ import asyncio
 
 from fsrlm.executors.base import Executor, SandboxSpec
 from fsrlm.executors.configs import DockerExecutorConfig
-from fsrlm.executors.docker import cleanup
+from fsrlm.executors.docker import cleanup, isolation
 from fsrlm.executors.docker.channel import MountedSocket
 from fsrlm.executors.docker.engine import Engine, connect_local
 from fsrlm.executors.docker.errors import docker_errors, is_not_found
@@ -51,6 +51,8 @@ class DockerExecutor(Executor):
     async def check(self) -> None:
         async with self._lock:
             engine = await self._connect()
+            if self.info is None:  # executor.isolation -> the engine's runtime (gVisor or runc)
+                self.info = await asyncio.to_thread(isolation.resolve, engine.client, self.config, bind_socket=True)
             if self._image is None:
                 self._image = await asyncio.to_thread(self._ensure_image, engine)
 
@@ -79,8 +81,9 @@ class DockerExecutor(Executor):
         shared_cli = (await asyncio.to_thread(neutral_cli, cli_binary())
                       if self.config.share_cli and self.config.image is None else None)
         return ContainerSandbox(
-            self._engine, self.config, spec, self._image, user=user, shared_cli=shared_cli,
-            workspace=BindMount(self._engine, spec, user, runtime=self.config.runtime), channel=MountedSocket(self._engine, spec, user),
+            self._engine, self.config, spec, self._image, user=user, shared_cli=shared_cli, runtime=self.info,
+            workspace=BindMount(self._engine, spec, user, runtime=self.config.runtime),
+            channel=MountedSocket(self._engine, spec, user),
         )
 
     async def gc(self, older_than_seconds: float = 0.0) -> list[str]:

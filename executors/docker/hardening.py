@@ -20,9 +20,13 @@ What it sets, and why:
   (never ``seccomp=unconfined``), a non-root user, ``init`` to reap zombies.
 * pids, memory (swap included) and CPU limits; ``ulimits``: no core dumps
   (soft and hard 0, so a crashing program leaves no memory image in the
-  workspace) and an explicit cap on open files; ``runtime`` (e.g. gVisor's
-  ``runsc``) only when configured.
+  workspace) and an explicit cap on open files; the OCI ``runtime`` the
+  executor chose (``isolation.choose_runtime``).
 * labels so leftovers can always be found and removed.
+
+Under gVisor (``sandbox.kernel == "gvisor"``) the same limits are kept where the
+agent's processes live, inside gVisor's kernel, because the host sees only the
+sandbox's own processes (``gvisor_limits``).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker.types import Mount
+from docker.types import Mount, Ulimit
+from docker.utils import parse_bytes
 from fsrlm.executors.base import (
     LABEL_APP,
     LABEL_CREATED,
     LABEL_ORCHESTRATOR,
     LABEL_RUN_ID,
+    SandboxInfo,
 )
 from fsrlm.executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
 from fsrlm.executors.liveness import orchestrator_id
@@ -47,9 +53,25 @@ HOME = "/home/sandbox"
 BROKER_SOCKET = "/run/fsrlm/broker.sock"
 RELAY_URL = "http://127.0.0.1:8080"
 CLI_PATH = "/usr/local/bin/claude"
+AGENT_SHELL = "/opt/fsrlm/bin/bash"  # read by AGENT_SHELL: the shell of the agent's commands
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 NOFILE = 8192  # open files per process in the sandbox (soft = hard)
+
+# gVisor's ptrace platform (runsc's default) backs each process of the sandbox with a stub process on the
+# host, of 4-6 host tasks (measured on 2 CPUs: 50 processes, +248 tasks; 150, +784), and the sandbox's kernel
+# and file proxy are about 50 host tasks more (about 170 with the CLI running). When the host's pids limit
+# is reached, gVisor's kernel cannot make a stub and panics: the whole sandbox dies, agent included. So
+# under gVisor the agent's processes are capped inside (RLIMIT_NPROC, which gVisor's kernel counts per
+# sandbox, threads included, like the pids cgroup), and the host's cap leaves room for their stubs.
+GVISOR_HOST_TASKS_PER_PROCESS = 6
+GVISOR_HOST_TASKS_BASE = 256
+# What a gVisor sandbox needs besides the agent's commands: the CLI and gVisor's kernel took about 210 MB
+# together (host cgroup, CLI idle); the rest is headroom for gVisor's page cache and the relay.
+GVISOR_AGENT_RESERVE = 384 << 20
+GVISOR_MIN_SCRIPT_MEMORY = 64 << 20
+# Tasks kept for the CLI when the agent's commands fork without end (the CLI had 9 threads, the container 16 tasks).
+GVISOR_AGENT_TASKS = 64
 
 
 @dataclass(frozen=True)
@@ -90,12 +112,15 @@ def container_options(
     cli_binary: Path | None = None,
     name: str | None = None,
     created: float | None = None,
+    sandbox: SandboxInfo | None = None,
 ) -> ContainerOptions:
     """Everything ``create_container`` needs for one hardened agent container.
 
     ``workspace`` and ``broker_socket`` are host paths to bind-mount; the
     remote backend passes neither (it copies files and tunnels the broker) but
-    the name of the run's ``volume``, mounted at ``/workspace``.
+    the name of the run's ``volume``, mounted at ``/workspace``. ``sandbox`` is
+    the runtime the executor chose; without it, ``config.runtime`` (or the
+    engine's default).
     """
     if workspace is not None and volume is not None:
         raise ValueError("the workspace is a bind mount or a volume, not both")
@@ -132,13 +157,21 @@ def container_options(
         # The attach stream carries the output; keep the daemon's copy small.
         "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
     }
-    if config.runtime:
-        host_config["runtime"] = config.runtime
+    environment = dict(environment)
+    runtime = sandbox.runtime if sandbox is not None else config.runtime
+    if runtime:
+        host_config["runtime"] = runtime
+    if sandbox is not None and sandbox.kernel == "gvisor":
+        limits = gvisor_limits(config)
+        host_config["pids_limit"] = limits.host_pids
+        host_config["ulimits"] = [Ulimit(name="nproc", soft=limits.processes, hard=limits.processes)]
+        environment["FSRLM_SCRIPT_MEMORY_KB"] = str(limits.script_memory >> 10)  # both read by AGENT_SHELL
+        environment["FSRLM_SCRIPT_PROCESSES"] = str(limits.script_processes)
 
     create: dict[str, Any] = {
         "image": image,
         "command": list(command),
-        "environment": dict(environment),
+        "environment": environment,
         "user": f"{uid}:{gid}",
         "working_dir": WORKSPACE,
         "labels": run_labels(run_id, created),
@@ -152,3 +185,33 @@ def container_options(
     if name:
         create["name"] = name
     return ContainerOptions(create=create, host_config=host_config)
+
+
+@dataclass(frozen=True)
+class GvisorLimits:
+    """The limits of one gVisor sandbox (see ``GVISOR_HOST_TASKS_PER_PROCESS``)."""
+
+    processes: int  # tasks (processes and threads) the sandbox's kernel lets the agent's uid have: pids_limit
+    script_processes: int  # the same, for the agent's commands: the rest is kept for the CLI
+    host_pids: int  # host tasks of the whole sandbox (kernel, file proxy, stubs)
+    script_memory: int  # address space of each of the agent's commands, in bytes
+
+
+def gvisor_limits(config: DockerExecutorConfig | RemoteDockerExecutorConfig) -> GvisorLimits:
+    """``pids_limit`` and ``memory`` applied inside a gVisor sandbox, so a runaway script fails alone.
+
+    Processes: RLIMIT_NPROC = ``pids_limit``, counted by gVisor's kernel (under runc it would count
+    the uid's processes host-wide, so it is set only here); the host's pids cap becomes
+    ``pids_limit`` x 6 + 256, which the agent's processes cannot reach through their stubs.
+    The agent's commands get ``pids_limit`` less 64 of those, kept for the CLI.
+    Memory: every command the agent runs gets an address-space cap of ``memory`` less 384 MiB (at
+    least 64 MiB) for the CLI and gVisor's kernel. One command cannot exhaust the sandbox; several
+    large ones at once still can, and then the sandbox dies as a whole (documented in SECURITY.md).
+    """
+    memory = parse_bytes(config.memory)
+    return GvisorLimits(
+        processes=config.pids_limit,
+        script_processes=max(config.pids_limit - GVISOR_AGENT_TASKS, config.pids_limit // 2),
+        host_pids=config.pids_limit * GVISOR_HOST_TASKS_PER_PROCESS + GVISOR_HOST_TASKS_BASE,
+        script_memory=max(memory - GVISOR_AGENT_RESERVE, GVISOR_MIN_SCRIPT_MEMORY),
+    )

@@ -226,7 +226,7 @@ _CONTEXT = {
     "relay.py": ("rootfs/opt/fsrlm/relay.py", 0o644),
     "mux.py": ("rootfs/opt/fsrlm/mux.py", 0o644),
     "managed-settings.json": ("rootfs/etc/claude-code/managed-settings.json", 0o644),
-    "agent-shell.sh": ("rootfs/opt/fsrlm/agent-shell.sh", 0o644),
+    "agent-shell.sh": ("rootfs/opt/fsrlm/bin/bash", 0o755),  # the agent's shell (CLAUDE_CODE_SHELL)
 }
 
 

@@ -19,7 +19,7 @@ import os
 
 from fsrlm.executors.base import Executor, SandboxSpec
 from fsrlm.executors.configs import RemoteDockerExecutorConfig
-from fsrlm.executors.docker import cleanup, hardening
+from fsrlm.executors.docker import cleanup, hardening, isolation
 from fsrlm.executors.docker.channel import ExecTunnel
 from fsrlm.executors.docker.endpoint import (
     Endpoint,
@@ -91,6 +91,9 @@ class RemoteDockerExecutor(Executor):
     async def check(self) -> None:
         async with self._lock:
             engine = await self._connect()
+            if self.info is None:  # executor.isolation -> the remote engine's runtime; no socket is mounted there
+                self.info = await asyncio.to_thread(isolation.resolve, engine.client, self.config, bind_socket=False,
+                                                    engine=f"the Docker host {self.endpoint.label}")
             if self._image is None:
                 self._image = await asyncio.to_thread(
                     remote_image, engine.client, self._local_client, image=self.config.image,
@@ -101,7 +104,7 @@ class RemoteDockerExecutor(Executor):
         check_spec(spec)
         assert self._engine is not None and self._image is not None
         return ContainerSandbox(
-            self._engine, self.config, spec, self._image, user=SANDBOX_USER,
+            self._engine, self.config, spec, self._image, user=SANDBOX_USER, runtime=self.info,
             workspace=VolumeArchive(self._engine, spec, SANDBOX_USER, self.config),
             channel=ExecTunnel(self._engine, spec, SANDBOX_USER),
         )

@@ -21,7 +21,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from fsrlm.executors.base import Sandbox, SandboxSpec
+from fsrlm.executors.base import Sandbox, SandboxInfo, SandboxSpec
 from fsrlm.executors.configs import DockerExecutorConfig, RemoteDockerExecutorConfig
 from fsrlm.executors.contract import SandboxPlaces, agent_environment
 from fsrlm.executors.docker import cleanup, hardening
@@ -37,7 +37,9 @@ from fsrlm.errors import SandboxError
 logger = logging.getLogger(__name__)
 
 # Set by the image's design, not by a backend: see images/sandbox/.
-IMAGE_PLUMBING = {"BASH_ENV": "/opt/fsrlm/agent-shell.sh"}  # the agent's commands are the OOM killer's first choice
+# The shell of the agent's commands (images/sandbox/agent-shell.sh): the OOM killer's first choice, and under
+# gVisor the limits of hardening.gvisor_limits. Not BASH_ENV: the CLI unsets it for its commands.
+IMAGE_PLUMBING = {"CLAUDE_CODE_SHELL": hardening.AGENT_SHELL}
 
 
 def sandbox_places(channel: BrokerChannel) -> SandboxPlaces:
@@ -60,8 +62,10 @@ class ContainerSandbox(Sandbox):
         workspace: WorkspaceTransfer,
         channel: BrokerChannel,
         shared_cli: Path | None = None,
+        runtime: SandboxInfo | None = None,
     ) -> None:
         self.cli_path = hardening.CLI_PATH
+        self._runtime = runtime  # the OCI runtime the executor chose (isolation.py)
         self.engine = engine
         self.workspace = workspace
         self.channel = channel
@@ -97,7 +101,7 @@ class ContainerSandbox(Sandbox):
         environment.update(self.workspace.environment())
         options = hardening.container_options(
             self._config, image=self._image, command=[self.cli_path, *argv], environment=environment,
-            run_id=self.run_id, user=self._user, cli_binary=self._shared_cli,
+            run_id=self.run_id, user=self._user, cli_binary=self._shared_cli, sandbox=self._runtime,
             name=f"fsrlm-{hardening.safe_name(self.run_id)}-{secrets.token_hex(3)}",
             **self.workspace.mount_options(), **self.channel.mount_options(),
         )

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("image", "image", "Build the sandbox image."),
     "bench": ("bench", "bench", "Benchmarks: performance tables and the OOLONG runner."),
     "capacity": ("batch", "capacity", "How many sandboxes this machine can hold at once."),
+    "doctor": ("doctor", "doctor", "What the Docker engine offers the sandbox (gVisor, limits, image) and what to do."),
 }
 
 

@@ -35,6 +35,7 @@ def print_result(result: RLMResult, as_json: bool, *, quiet: bool = False, budge
             click.echo(
                 f"[{result.stop_reason}] {m.turns} turns, {m.subcalls} subcalls (+{m.subcalls_cached} cached, "
                 f"{m.subcalls_refused} refused), ${m.total_cost_usd:.4f}, {m.wall_seconds:.1f}s"
+                + (f", {result.sandbox.label()}" if result.sandbox else "")
                 + (f", workspace {result.workspace_path}" if result.workspace_path and result.success else ""),
                 err=True,
             )

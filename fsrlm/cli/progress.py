@@ -13,6 +13,7 @@ from typing import TextIO
 
 from fsrlm.cli.terminal import printable
 from fsrlm.events import RLMEvent
+from fsrlm.executors.base import SandboxInfo
 
 
 class ProgressState:
@@ -34,6 +35,8 @@ class ProgressState:
         return printable(message, one_line=True) if message else None
 
     def _update(self, event: RLMEvent) -> str | None:
+        if event.kind == "run_started" and event.data and isinstance(event.data.get("sandbox"), dict):
+            return f"sandbox: {SandboxInfo.model_validate(event.data['sandbox']).label()}"
         if event.kind == "tool_use":
             self.tool_uses += 1
             self.last = printable(f"{event.tool}: {event.detail or ''}", one_line=True)[:80]

@@ -26,6 +26,8 @@ UPSTREAM_TYPES = ("anthropic", "bedrock", "compatible")
 @click.option("-q", "--question", help="The question about INPUT (shown to the agent, saved to input/question.md).")
 @click.option("-s", "--system", help="A system prompt for the task.")
 @click.option("-e", "--executor", type=click.Choice(EXECUTOR_TYPES), help="Where the agent runs (default: config).")
+@click.option("--isolation", type=click.Choice(["auto", "runc", "gvisor"]),
+              help="The sandbox's kernel: gvisor, runc (the host's), or auto (gvisor when the engine has it).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default ./fsrlm.toml).")
 @click.option("-w", "--workspace", type=click.Path(file_okay=False), help="Parent folder for run folders (kept).")
 @click.option("--upstream", type=click.Choice(UPSTREAM_TYPES),
@@ -40,7 +42,7 @@ UPSTREAM_TYPES = ("anthropic", "bedrock", "compatible")
 @click.option("--allow-binary", is_flag=True, help="Run on an INPUT that is not text (compressed, binary) as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress and no summary on stderr (errors and warnings still).")
-def run(input_path: str, question: str | None, system: str | None, executor: str | None,
+def run(input_path: str, question: str | None, system: str | None, executor: str | None, isolation: str | None,
         config_path: str | None, workspace: str | None, upstream: str | None, upstream_base_url: str | None,
         allow_binary: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Run the RLM over INPUT (a file, or - for stdin) and print the answer.
@@ -54,8 +56,8 @@ def run(input_path: str, question: str | None, system: str | None, executor: str
     130 interrupted (Ctrl-C).
     """
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    if executor:
-        overrides["executor"] = {"type": executor}
+    if executor or isolation:
+        overrides["executor"] = {k: v for k, v in (("type", executor), ("isolation", isolation)) if v}
     if workspace:
         overrides["workspace_dir"] = workspace
         overrides.setdefault("preserve_workspace", True)

@@ -90,6 +90,7 @@ class RunSnapshot(BaseModel):
     totals_source: Literal["result", "audit"]  # the run's own result, or computed from the audit log (live)
     errors: list[str] = Field(default_factory=list)
     nested: list[RunListItem] = Field(default_factory=list)  # runs started by rlm_query (<run>.nested/)
+    sandbox: dict[str, Any] | None = None  # which kernel the agent had (SandboxInfo), from the result or job.json
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -240,7 +241,17 @@ def snapshot(root: Path) -> RunSnapshot:
         totals_source=source,
         errors=[str(e) for e in errors] if isinstance(errors, list) else [],
         nested=list_runs(nested_folder(root), oldest_first=True) if _real_dir(nested_folder(root)) else [],
+        sandbox=_sandbox_of(result, job),
     )
+
+
+def _sandbox_of(result: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``SandboxInfo``: the result's (written by the host at the end), else job.json's (at the start)."""
+    for source in (result or {}, job):
+        value = source.get("sandbox")
+        if isinstance(value, dict):
+            return value
+    return None
 
 
 # -- a folder of runs ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ def _docker_leftovers(client=None) -> list[str]:
         return []  # no engine: the docker tests themselves fail loudly
     ours = {"label": f"{LABEL_ORCHESTRATOR}={orchestrator_id()}"}
     try:
-        containers = [c.name for c in client.containers.list(all=True, filters=ours)]
+        containers = [c.name for c in client.containers.list(all=True, filters=ours, ignore_removed=True)]
         volumes = [v.name for v in client.volumes.list(filters=ours)]
         return containers + volumes
     finally:

@@ -203,8 +203,9 @@ def make_tar() -> Callable[[list[tuple[str, object]]], bytes]:
 def remote_tls_host() -> Iterator[object]:
     """A second Docker daemon on 127.0.0.1 behind --tlsverify (certificates made for the session)."""
     from dockerd import SecondDockerd
+    from support import gvisor_runtimes
 
     if os.geteuid() != 0:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("starting a second Docker daemon needs root")
-    with SecondDockerd(tls=True) as daemon:
+    with SecondDockerd(tls=True, runtimes=gvisor_runtimes()) as daemon:
         yield daemon

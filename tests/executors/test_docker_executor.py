@@ -155,9 +155,10 @@ async def _ready_executor(config: DockerExecutorConfig | None = None) -> DockerE
 
 @pytest.mark.docker
 async def test_container_settings_and_stdin_round_trip(
-    docker_image, make_spec, run_to_end, docker_client, workspace
+    docker_image, make_spec, run_to_end, docker_client, workspace, sandbox_runtime
 ) -> None:
-    executor = await _ready_executor(DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100))
+    settings = DockerExecutorConfig(memory="768m", cpus=0.5, pids_limit=100)
+    executor = await _ready_executor(settings)
     spec = make_spec()
     async with await executor.prepare(spec) as sandbox:
         sandbox.cli_path = "/bin/cat"
@@ -168,7 +169,10 @@ async def test_container_settings_and_stdin_round_trip(
         assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True
         assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd") and hc["Privileged"] is False
         assert hc["SecurityOpt"] == ["no-new-privileges"]
-        assert hc["Init"] is True and hc["PidsLimit"] == 100
+        # Under gVisor pids_limit holds inside (RLIMIT_NPROC); the host's cap leaves room for gVisor's stubs.
+        pids = hardening.gvisor_limits(settings).host_pids if sandbox_runtime == "runsc" else 100
+        assert hc["Init"] is True and hc["PidsLimit"] == pids
+        assert hc["Runtime"] == sandbox_runtime
         assert hc["Memory"] == hc["MemorySwap"] == 768 * 1024 * 1024
         assert hc["NanoCpus"] == 500_000_000
         assert set(hc["Tmpfs"]) == {"/tmp", "/home/sandbox"}
@@ -281,13 +285,16 @@ async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec
 
 
 @pytest.mark.docker
-async def test_memory_limit_is_enforced(docker_image, make_spec, run_to_end, docker_client) -> None:
+async def test_memory_limit_is_enforced(docker_image, make_spec, run_to_end, docker_client, sandbox_runtime) -> None:
     executor = await _ready_executor(DockerExecutorConfig(memory="64m"))
     async with await executor.prepare(make_spec()) as sandbox:
         sandbox.cli_path = "/usr/bin/python3"
         script = "b = []\nwhile True: b.append(bytearray(16 * 1024 * 1024))"
         _, result = await run_to_end(await sandbox.start_agent(["-c", script]))
-    assert result.oom_killed is True and result.exit_code == 137 and result.killed is False
+    assert result.exit_code == 137 and result.killed is False
+    # Under gVisor the host's OOM killer kills the whole sandbox and Docker does not always set OOMKilled
+    # (gVisor issue 2433; seen here both ways): the exit code is the evidence there.
+    assert result.oom_killed is True or sandbox_runtime == "runsc"
 
 
 @pytest.mark.docker

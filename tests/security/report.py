@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SECURITY_MD = ROOT / "SECURITY.md"
 RESULTS_ENV = "FSRLM_SECURITY_RESULTS"
 FINDING_KEY = "security_finding"  # as in conftest.py
+RUNTIME_KEY = "sandbox_runtime"  # tests/conftest.py: the kernel a docker test ran under
+KERNELS = {"runc": "runc (host kernel)", "runsc": "gVisor (runsc)"}
 BEGIN = "<!-- BEGIN GENERATED TABLE: `make security` rewrites everything up to the END marker -->"
 END = "<!-- END GENERATED TABLE -->"
 
@@ -117,6 +119,18 @@ def _base(nodeid: str) -> str:
     return nodeid.split("[", 1)[0]
 
 
+_RUNTIME_ID = re.compile(r"(?<=[\[-])(?:runc|runsc)(?=[\]-])")
+
+
+def without_runtime(nodeid: str) -> str:
+    """The test's id with its kernel parameter taken out: one row for its runc and gVisor runs."""
+    if "[" not in nodeid:
+        return nodeid
+    base, params = nodeid.split("[", 1)
+    params = _RUNTIME_ID.sub("", "[" + params).replace("[-", "[").replace("-]", "]").replace("--", "-")
+    return base if params == "[]" else base + params
+
+
 def _referenced(nodeid: str) -> str | None:
     base = _base(nodeid)
     for key in REFERENCED:
@@ -139,36 +153,48 @@ class Recorder:
     def _row(self, key: str, defaults: dict[str, Any]) -> dict[str, Any]:
         if key not in self.rows:
             self.rows[key] = {**defaults, "index": len(self.rows), "outcome": "passed", "failure": "",
-                              "tests": [], "duration": 0.0}
+                              "tests": [], "duration": 0.0, "kernels": {}}
         return self.rows[key]
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         finding = next((v for k, v in report.user_properties if k == FINDING_KEY), None)
+        runtime = next((v for k, v in report.user_properties if k == RUNTIME_KEY), None)
+        if runtime is None and (found := _RUNTIME_ID.search(report.nodeid)):  # skipped before the fixture ran
+            runtime = found.group(0)
         if finding is not None:
-            row = self._row(report.nodeid, {})
-            row.update(finding)
+            row = self._row(without_runtime(report.nodeid), {})
+            row.update({k: v for k, v in finding.items() if k != "observed" or runtime is None})
         elif (ref := _referenced(report.nodeid)) is not None:
             area, name, tried, expected = REFERENCED[ref]
             row = self._row(ref, {"area": area, "name": name, "tried": tried, "expected": expected,
                                   "observed": "as expected", "referenced": ref})
         elif report.nodeid.startswith("tests/security/"):  # failed or skipped before declaring its row
-            row = self._row(report.nodeid, {"area": "unrecorded", "name": report.nodeid.rsplit("::", 1)[-1],
-                                            "tried": "", "expected": "", "observed": ""})
+            key = without_runtime(report.nodeid)
+            row = self._row(key, {"area": "unrecorded", "name": key.rsplit("::", 1)[-1],
+                                  "tried": "", "expected": "", "observed": ""})
         else:
             return
-        if report.nodeid not in row["tests"]:
-            row["tests"].append(report.nodeid)
+        test = without_runtime(report.nodeid)
+        if test not in row["tests"]:
+            row["tests"].append(test)
         row["duration"] += report.duration
+        # One result per kernel (docker tests run under both), or one for the row (tests without a sandbox).
+        result = row["kernels"].setdefault(runtime, {"outcome": "passed", "failure": "", "observed": ""}) \
+            if runtime else row
+        if runtime and finding is not None:
+            result["observed"] = finding.get("observed", "")
         if report.failed:
-            row["outcome"] = "failed"
+            result["outcome"] = row["outcome"] = "failed"
             crash = getattr(report.longrepr, "reprcrash", None)
             message = crash.message if crash is not None else (str(report.longrepr).strip().splitlines() or [""])[-1]
-            row["failure"] = (f"{report.when}: " + str(message))[:400]
-        elif report.skipped and row["outcome"] != "failed":
-            row["outcome"] = "skipped"
+            result["failure"] = (f"{report.when}: " + str(message))[:400]
+        elif report.skipped and result["outcome"] != "failed":
+            result["outcome"] = "skipped"
+            if row["outcome"] != "failed":
+                row["outcome"] = "skipped"
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
-            row["failure"] = str(reason).removeprefix("Skipped: ")[:200]
+            result["failure"] = str(reason).removeprefix("Skipped: ")[:200]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         data = {"started": self.started, "finished": time.time(), "exitstatus": int(exitstatus),
@@ -209,32 +235,53 @@ def _short(nodeid: str) -> str:
     return nodeid.removeprefix("tests/")
 
 
+_OUTCOME = {"passed": "held", "failed": "**FAILED**", "skipped": "skipped"}
+
+
+def _kernel_cells(row: dict[str, Any], runtime: str) -> tuple[str, str]:
+    """(observed, outcome) of one row under one kernel."""
+    kernels = row.get("kernels") or {}
+    if not kernels:  # no sandbox in this test (a unit test, the local executor): one result for both
+        result = row
+        observed = (row.get("observed") or "") if runtime == "runc" else "same test: no sandbox kernel involved"
+    elif runtime in kernels:
+        result = kernels[runtime]
+        observed = result.get("observed") or ""
+    else:
+        return "not run", "—"
+    if result["outcome"] != "passed" and result.get("failure"):
+        observed = (observed + "; " if observed else "") + result["failure"]
+    return observed, _OUTCOME[result["outcome"]]
+
+
 def render_table(data: dict[str, Any]) -> str:
     rows = data["rows"]
     order = {a: i for i, a in enumerate(AREAS)}
     rows = sorted(rows, key=lambda r: (order.get(r.get("area"), len(AREAS)), r["index"]))
-    counts = {k: sum(1 for r in rows if r["outcome"] == k) for k in ("passed", "failed", "skipped")}
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(data["finished"]))
     minutes = (data["finished"] - data["started"]) / 60
+    summary = []
+    for runtime, title in KERNELS.items():
+        outcomes = [_kernel_cells(r, runtime)[1] for r in rows]
+        summary.append(f"{title}: **{outcomes.count('held')} held, {outcomes.count('**FAILED**')} failed, "
+                       f"{outcomes.count('skipped')} skipped**")
     lines = [
         BEGIN,
         "",
         f"Generated {when} on {platform.system()} {platform.release()} ({platform.machine()}), Python "
-        f"{platform.python_version()}, in {minutes:.1f} min: **{counts['passed']} held, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped**. \"Held\" means the test passed: the attack failed, or the fault "
-        "was handled as expected.",
+        f"{platform.python_version()}, in {minutes:.1f} min. Every test that starts a sandbox ran twice, under "
+        f"runc (the host's kernel) and under gVisor (runsc); {'; '.join(summary)}. \"Held\" means the test "
+        "passed: the attack failed, or the fault was handled as expected.",
         "",
-        "| area | attack or fault | what was tried | expected | observed | outcome | test |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| area | attack or fault | what was tried | expected | observed under runc | runc | observed under gVisor "
+        "| gVisor | test |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        outcome = {"passed": "held", "failed": "**FAILED**", "skipped": "skipped"}[r["outcome"]]
-        observed = r.get("observed") or ""
-        if r["outcome"] != "passed" and r.get("failure"):
-            observed = (observed + "; " if observed else "") + r["failure"]
+        runc, gvisor = _kernel_cells(r, "runc"), _kernel_cells(r, "runsc")
         lines.append("| " + " | ".join(_cell(x) for x in (
-            r.get("area", "?"), r.get("name", "?"), r.get("tried", ""), r.get("expected", ""), observed,
-            outcome)) + f" | {_test_name(r)} |")
+            r.get("area", "?"), r.get("name", "?"), r.get("tried", ""), r.get("expected", ""), *runc, *gvisor))
+            + f" | {_test_name(r)} |")
     lines += ["", END]
     return "\n".join(lines)
 

@@ -121,3 +121,73 @@ def our_containers(tmp_path: Path) -> list[str]:
         client.close()
 
 
+class ContainerCpu:
+    """Samples, from the host, the CPU time of the containers whose workspace lies under ``tmp_path``.
+
+    Inside gVisor a process's CPU time is what gVisor's kernel counts, not what the host's
+    scheduler granted, so a CPU cap is checked here: the container's cgroup (cgroup v1
+    ``cpuacct.usage`` or v2 ``cpu.stat``), read every ``interval`` seconds while ``fn`` runs.
+    ``peak_rate(window)`` is the most CPU per second seen over any ``window`` seconds.
+    """
+
+    def __init__(self, tmp_path: Path, interval: float = 0.2) -> None:
+        self.tmp_path = tmp_path
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, CPU seconds)
+
+    def _cgroup_usage(self, pid: int) -> float | None:
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "cpuacct" in controllers.split(","):
+                base = Path("/sys/fs/cgroup") / controllers  # e.g. cpu,cpuacct
+                for folder in (Path("/sys/fs/cgroup/cpuacct") / path.lstrip("/"), base / path.lstrip("/")):
+                    try:
+                        return int((folder / "cpuacct.usage").read_text()) / 1e9
+                    except OSError:
+                        continue
+            if controllers == "":
+                try:
+                    stat = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat").read_text()
+                    return int(stat.split("usage_usec", 1)[1].split()[0]) / 1e6
+                except (OSError, IndexError, ValueError):
+                    continue
+        return None
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        import docker
+
+        client = docker.from_env()
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                total = 0.0
+                for c in client.containers.list(filters={"label": "fsrlm=1"}, ignore_removed=True):
+                    if any(str(m.get("Source", "")).startswith(str(self.tmp_path)) for m in c.attrs.get("Mounts") or []):
+                        usage = self._cgroup_usage(c.attrs["State"]["Pid"])
+                        total += usage or 0.0
+                if total:
+                    self.samples.append((time.monotonic(), total))
+                time.sleep(self.interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            return fn()
+        finally:
+            done.set()
+            sampler.join()
+            client.close()
+
+    def peak_rate(self, window: float) -> float:
+        best = 0.0
+        for i, (t0, u0) in enumerate(self.samples):
+            for t1, u1 in self.samples[i + 1:]:
+                if t1 - t0 >= window:
+                    best = max(best, (u1 - u0) / (t1 - t0))
+                    break
+        return best

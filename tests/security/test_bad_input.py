@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from security_support import MB, PREAMBLE, our_containers
-from support import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY, kernel_env
 
 from fsrlm import RLM
 from fsrlm.errors import InputError
@@ -36,6 +36,7 @@ def cli_env(scripted, tmp_path) -> dict[str, str]:
         "FSRLM_WORKSPACE_DIR": str(tmp_path / "runs"), "FSRLM_PRESERVE_WORKSPACE": "true",
         "FSRLM_ROOT_MODEL": "scripted-root", "FSRLM_SUBMODEL": "scripted-sub", "FSRLM_EXECUTOR": "docker",
         "FSRLM_TIMEOUT_SECONDS": "120",
+        **kernel_env(),  # this test's kernel (runc or gVisor)
     }
 
 

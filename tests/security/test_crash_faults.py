@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from security_support import PREAMBLE, our_containers
-from support import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY, kernel_env
 
 from fsrlm import RLM
 from fsrlm.testing.plans import script_plan
@@ -75,6 +75,7 @@ def test_sigkilled_orchestrator_then_gc_then_rerun(scripted, docker_image, findi
         "FSRLM_UPSTREAM": "compatible", "FSRLM_UPSTREAM_BASE_URL": scripted.url,
         "FSRLM_UPSTREAM_API_KEY": FAKE_UPSTREAM_KEY, "FSRLM_CACHE_DIR": str(cache),
         "FSRLM_ROOT_MODEL": "scripted-root", "FSRLM_SUBMODEL": "scripted-sub", "FSRLM_EXECUTOR": "docker",
+        **kernel_env(),  # this test's kernel (runc or gVisor)
     }
     (tmp_path / "in.txt").write_text("some input\n")
     command = [sys.executable, "-m", "fsrlm.cli.main", "run", str(tmp_path / "in.txt"), "-q", "Which parts?",

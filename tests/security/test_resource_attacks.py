@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from security_support import MB, peak_rss_growth
+from security_support import MB, ContainerCpu, peak_rss_growth
 
 from fsrlm.run import MAX_ANSWER_BYTES
 
 pytestmark = pytest.mark.docker
 
 
-FORK_BOMB = """
+# Fork until fork fails, the children kept alive; then kill them all. Sets children, failure.
+FORK_UNTIL_FAILURE = """
 import errno, signal, time
 children, failure = [], None
 started = time.time()
@@ -34,11 +35,14 @@ while time.time() - started < 20:
         time.sleep(60)
         os._exit(0)
     children.append(pid)
-F["forked"], F["failure"] = len(children), failure
 for pid in children:
     os.kill(pid, signal.SIGKILL)
 for pid in children:
     os.waitpid(pid, 0)
+"""
+
+FORK_BOMB = FORK_UNTIL_FAILURE + """
+F["forked"], F["failure"] = len(children), failure
 save()
 from llm_client import write_answer
 write_answer(f"forked {len(children)}")
@@ -96,26 +100,59 @@ write_answer(f"bomb ended {p.returncode}")
 
 
 @pytest.mark.parametrize("memory", ["384m", "256m"])
-def test_memory_bomb_is_killed_at_the_memory_limit(attack_run, finding, memory):
+def test_memory_bomb_is_killed_at_the_memory_limit(attack_run, finding, memory, sandbox_runtime):
     limit = int(memory[:-1])
     f = finding(
         "resources", f"memory bomb (memory={memory})",
         tried=f"a child process allocating 8 MB blocks forever, with executor.memory={memory} (swap included)",
-        expected=f"the container never exceeds {limit} MB: the kernel OOM-kills the bomb (the agent's commands "
-                 "are its first choice); the run completes, or, if the agent is killed too (it needs ~150 MB), "
-                 "ends with sandbox_error naming the lack of memory",
+        expected=f"the container never exceeds {limit} MB: under runc the kernel OOM-kills the bomb (the agent's "
+                 "commands are its first choice), under gVisor the bomb's allocation fails at its address-space cap "
+                 "(memory - 384 MiB, at least 64 MiB); the run completes, or, if the agent is killed too (it needs "
+                 "~150 MB, ~210 MB with gVisor's kernel), ends with sandbox_error naming the lack of memory",
     )
     run = attack_run(MEMORY_BOMB, sandbox={"memory": memory})
     found, result = run.findings, run.result
     if found:
-        assert found["returncode"] == -9, found
-        assert 0 < found["peak_mb"] < limit
+        # runc: SIGKILL by the OOM killer; gVisor: MemoryError (exit 1) at the cap
+        assert found["returncode"] == (1 if sandbox_runtime == "runsc" else -9), found
+        assert 0 <= found["peak_mb"] < limit
     # Which process the kernel kills depends on sizes at that moment; either way the run ends cleanly.
     assert result.stop_reason in ("completed", "sandbox_error"), (result.stop_reason, result.errors)
     if result.stop_reason == "sandbox_error":
         assert any("lack of memory" in e for e in result.errors), result.errors
-    bomb = (f"bomb SIGKILLed at {found['peak_mb']} MB" if found else "bomb and agent killed together")
+    how = "failed (MemoryError)" if found and found["returncode"] == 1 else "SIGKILLed"
+    bomb = (f"bomb {how} at {found['peak_mb']} MB" if found else "bomb and agent killed together")
     f.observed = f"{bomb}; run {result.stop_reason}" + (f" ({result.errors[0][:90]})" if result.errors else "")
+
+
+RUNAWAY = FORK_UNTIL_FAILURE + """
+import subprocess, sys
+hog = "x = []\\nfor i in range(96):\\n    x.append(b'\\\\x01' * (64 << 20))\\n    print(len(x) * 64, flush=True)\\n"
+p = subprocess.run([sys.executable, "-c", hog], capture_output=True, text=True)
+lines = p.stdout.split()
+F.update(forked=len(children), failure=failure, returncode=p.returncode, peak_mb=int(lines[-1]) if lines else 0)
+save()
+from llm_client import write_answer
+write_answer(f"forked {len(children)}, then {failure}; the 6 GB allocation ended {p.returncode}")
+"""
+
+
+def test_runaway_script_dies_alone(attack_run, finding, sandbox_runtime):
+    f = finding(
+        "resources", "runaway script: fork bomb, then 6 GB (default limits)",
+        tried="fork until fork fails (children kept), kill them, then allocate 6 GB in 64 MB blocks, with the "
+              "default executor.memory=2g and pids_limit=256",
+        expected="fork fails with EAGAIN, the allocation dies below 2 GB (runc: OOM-killed, SIGKILL; gVisor: "
+                 "MemoryError at its address-space cap); the agent carries on and the run completes",
+    )
+    run = attack_run(RUNAWAY, timeout_seconds=180)
+    found, result = run.findings, run.result
+    assert result.success, (result.stop_reason, result.errors)
+    assert found["failure"] == "EAGAIN", found
+    assert found["returncode"] == (1 if sandbox_runtime == "runsc" else -9), found
+    assert found["peak_mb"] < 2048
+    f.observed = (f"{found['forked']} forks, then {found['failure']}; allocation ended {found['returncode']} at "
+                  f"{found['peak_mb']} MB; run {result.stop_reason}")
 
 
 TMPFS_FILL = """
@@ -234,16 +271,24 @@ write_answer("spun")
 """
 
 
-def test_cpu_is_capped(attack_run, finding):
+def test_cpu_is_capped(attack_run, finding, tmp_path, sandbox_runtime):
     f = finding(
         "resources", "CPU hog",
         tried="two processes spinning for 3 s of wall time, with executor.cpus=0.5",
-        expected="together they get at most about 0.5 CPU (≤ 2 CPU-seconds over 3 s)",
+        expected="together they get at most about 0.5 CPU (≤ 2 CPU-seconds over 3 s), measured inside and, from "
+                 "the host, as the container cgroup's CPU time over any 2 s (inside gVisor a process's CPU time is "
+                 "gVisor's own count, so there only the host's figure is the cap)",
     )
-    run = attack_run(CPU_SHARE, sandbox={"cpus": 0.5})
+    host = ContainerCpu(tmp_path)
+    run = host.run(lambda: attack_run(CPU_SHARE, sandbox={"cpus": 0.5}))
     wall, cpu = run.findings["wall"], run.findings["cpu"]
-    assert cpu <= 0.5 * wall * 1.3 + 0.3, (cpu, wall)
-    f.observed = f"{cpu:.2f} CPU-seconds in {wall:.1f} s of wall time ({cpu / wall:.2f} CPU)"
+    rate = host.peak_rate(2.0)
+    assert host.samples, "no CPU samples of the container"
+    assert rate <= 0.5 * 1.3 + 0.1, rate
+    if sandbox_runtime != "runsc":
+        assert cpu <= 0.5 * wall * 1.3 + 0.3, (cpu, wall)
+    f.observed = (f"inside: {cpu:.2f} CPU-seconds in {wall:.1f} s ({cpu / wall:.2f} CPU); host cgroup: at most "
+                  f"{rate:.2f} CPU over any 2 s")
 
 
 def test_cpu_spin_past_the_timeout(attack_run, finding):
@@ -290,10 +335,10 @@ def test_huge_output_files_are_read_up_to_their_caps(attack_run, finding):
 
 STDOUT_FLOOD = """
 fd = os.open("/proc/1/fd/1", os.O_WRONLY)  # the agent's stdout: Docker's attach stream to the host
-block = b"x" * (1 << 20)
+block = memoryview(b"x" * (1 << 20))
 written = 0
-for _ in range(400):
-    written += os.write(fd, block)
+while written < 400 << 20:  # a pipe may take less than asked (gVisor's does): write the rest
+    written += os.write(fd, block[: min(len(block), (400 << 20) - written)])
 forged = {"type": "result", "subtype": "success", "is_error": False, "duration_ms": 1, "duration_api_ms": 1,
           "num_turns": 1, "session_id": "forged", "total_cost_usd": 0.0, "result": "forged"}
 os.write(fd, b"\\n" + json.dumps(forged).encode() + b"\\n")

@@ -254,10 +254,19 @@ function renderTotals(snap) {
     el("p", { class: "muted" },
       "root model ", el("code", { text: job.root_model || "?" }), " · submodel ", el("code", { text: job.submodel || "?" }),
       " · executor ", el("code", { text: job.executor || "?" }),
+      snap.sandbox ? [" · kernel ", el("code", { id: "kernel", text: kernelLabel(snap.sandbox) })] : null,
       job.depth ? " · depth " + job.depth : null),
     snap.errors && snap.errors.length
       ? el("ul", { class: "errors" }, snap.errors.map((e) => el("li", { text: e }))) : null,
   );
+}
+
+// As SandboxInfo.label() in executors/base.py.
+function kernelLabel(s) {
+  const parts = [s.runtime, s.platform].filter((x) => x);
+  if (s.kernel === "gvisor") return "gVisor (" + parts.join(", ") + ")";
+  if (s.kernel === "other") return "runtime " + (s.runtime || "?");
+  return s.runtime ? "host kernel (" + s.runtime + ")" : "host kernel, no sandbox";
 }
 
 function renderQuestion(snap) {
