@@ -51,6 +51,9 @@ OTHER_ENV_VARIABLES = frozenset({
     "FSRLM_DOCKER_WAIT", "FSRLM_DOCKERD_LOG", "FSRLM_DOCKER_CHECK_TIMEOUT",  # scripts/ensure-docker.sh
     "FSRLM_DEBIAN_MIRROR", "FSRLM_DEBIAN_SUITE",  # images/base/build-base.sh
     "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY", "FSRLM_RAY_CLUSTER",  # the test suites, test Ray clusters
+    "FSRLM_TEST_RUNTIMES", "FSRLM_DOCKERD_PID",  # the suite's kernels; a test engine's pid (scripts)
+    "FSRLM_GVISOR_RUNTIME",  # scripts/install-gvisor.sh
+    "FSRLM_SCRIPT_MEMORY_KB", "FSRLM_SCRIPT_PROCESSES",  # gVisor limits read by the sandbox's agent shell
 })
 _UPSTREAM_ENV = ("base_url", "api_key", "aws_region")
 
@@ -191,7 +194,7 @@ def _scalar_fields() -> list[str]:
 def setting_env_variables() -> list[str]:
     """Every ``FSRLM_*`` variable that sets a configuration field."""
     names = [ENV_PREFIX + name.upper() for name in _scalar_fields()]
-    names += ["FSRLM_EXECUTOR", "FSRLM_UPSTREAM"] + [f"FSRLM_UPSTREAM_{key.upper()}" for key in _UPSTREAM_ENV]
+    names += ["FSRLM_EXECUTOR", "FSRLM_ISOLATION", "FSRLM_UPSTREAM"] + [f"FSRLM_UPSTREAM_{key.upper()}" for key in _UPSTREAM_ENV]
     return sorted(names)
 
 

@@ -36,6 +36,9 @@ KINDS = {"bash", "python", "toml", "text"}
 
 # The blocks the README marks as not run in a test, by first line, with the README's reason.
 NOT_RUN = {
+    'fsrlm bench oolong --data oolong-synth-validation.parquet --max-context-len 131072 --limit 1000 \\':
+        "it needs the OOLONG data set and a Ray cluster; tests/benchmarks/test_oolong_ray.py runs the same sweep "
+        "on generated rows",
     "make test": "it is the test suite, which holds the test that runs these blocks",
     'ray start --head --port=6379 --resources="$(fsrlm capacity --ray-resources)"        # the head':
         "it starts a Ray cluster on this machine's fixed ports; tests/batch/test_cluster.py runs fsrlm batch "
@@ -119,7 +122,7 @@ def test_the_synopsis_matches_the_command_line() -> None:
     from fsrlm.cli.main import cli
 
     synopsis = _synopsis()
-    assert set(synopsis) == {"run", "resume", "view", "gc", "image build", "batch", "capacity", "bench"}
+    assert set(synopsis) == {"run", "resume", "view", "gc", "image build", "batch", "capacity", "bench", "doctor"}
     for path, written in synopsis.items():
         command = _command(path)
         if isinstance(command, click.Group):  # bench: its subcommands are listed instead

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker.types import Mount, Ulimit
+from docker.types import Mount
 from docker.utils import parse_bytes
 from fsrlm.executors.base import (
     LABEL_APP,
@@ -164,7 +164,8 @@ def container_options(
     if sandbox is not None and sandbox.kernel == "gvisor":
         limits = gvisor_limits(config)
         host_config["pids_limit"] = limits.host_pids
-        host_config["ulimits"] = [Ulimit(name="nproc", soft=limits.processes, hard=limits.processes)]
+        host_config["ulimits"] = [*host_config["ulimits"],
+                                  {"Name": "nproc", "Soft": limits.processes, "Hard": limits.processes}]
         environment["FSRLM_SCRIPT_MEMORY_KB"] = str(limits.script_memory >> 10)  # both read by AGENT_SHELL
         environment["FSRLM_SCRIPT_PROCESSES"] = str(limits.script_processes)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from docker.types import Ulimit
 
 from fsrlm.config import load_config
 from fsrlm.errors import ExecutorUnavailable
@@ -118,7 +117,8 @@ def test_gvisor_limits_live_inside_the_sandbox():
     host = opts.host_config
     assert host["runtime"] == "runsc"
     assert host["pids_limit"] == 256 * hardening.GVISOR_HOST_TASKS_PER_PROCESS + hardening.GVISOR_HOST_TASKS_BASE
-    assert host["ulimits"] == [Ulimit(name="nproc", soft=256, hard=256)]
+    assert host["ulimits"][-1] == {"Name": "nproc", "Soft": 256, "Hard": 256}
+    assert {u["Name"] for u in host["ulimits"]} == {"core", "nofile", "nproc"}
     env = opts.create["environment"]
     assert env["FSRLM_SCRIPT_MEMORY_KB"] == str((2048 - 384) * 1024)
     assert env["FSRLM_SCRIPT_PROCESSES"] == str(256 - hardening.GVISOR_AGENT_TASKS)
@@ -133,7 +133,8 @@ def test_gvisor_limits_live_inside_the_sandbox():
 def test_runc_gets_no_rlimits_and_its_pids_limit_as_configured():
     opts = options(RUNC_INFO, pids_limit=100)
     assert opts.host_config["runtime"] == "runc" and opts.host_config["pids_limit"] == 100
-    assert "ulimits" not in opts.host_config  # RLIMIT_NPROC would count the uid's processes host-wide
+    # no RLIMIT_NPROC under runc: it would count the uid's processes host-wide
+    assert {u["Name"] for u in opts.host_config["ulimits"]} == {"core", "nofile"}
     assert not any(k.startswith("FSRLM_SCRIPT_") for k in opts.create["environment"])
 
 
