@@ -51,7 +51,7 @@ OTHER_ENV_VARIABLES = frozenset({
     "FSRLM_DOCKER_WAIT", "FSRLM_DOCKERD_LOG", "FSRLM_DOCKER_CHECK_TIMEOUT",  # scripts/ensure-docker.sh
     "FSRLM_DEBIAN_MIRROR", "FSRLM_DEBIAN_SUITE",  # images/base/build-base.sh
     "FSRLM_SECURITY_RESULTS", "FSRLM_TEST_HOST_ONLY", "FSRLM_RAY_CLUSTER",  # the test suites, test Ray clusters
-    "FSRLM_TEST_RUNTIMES", "FSRLM_DOCKERD_PID",  # the suite's kernels; a test engine's pid (scripts)
+    "FSRLM_TEST_RUNTIMES", "FSRLM_TEST_EVERY_KERNEL", "FSRLM_DOCKERD_PID",  # the suite's kernels; a test engine's pid
     "FSRLM_GVISOR_RUNTIME",  # scripts/install-gvisor.sh
     "FSRLM_SCRIPT_MEMORY_KB", "FSRLM_SCRIPT_PROCESSES",  # gVisor limits read by the sandbox's agent shell
 })

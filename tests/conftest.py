@@ -26,11 +26,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# -- the sandbox's kernel: every docker test runs under runc and under gVisor (runsc) ------------------
+# -- the sandbox's kernel: docker tests run under runc; the kernel-sensitive ones under gVisor too ------
+#
+# Which suites get a gVisor (runsc) twin: those whose outcome depends on the kernel under the sandbox —
+# the security suite (every attack under both kernels), the executor conformance suite and the sandbox
+# checks — marked ``both_kernels``. Everything else is about fsRLM itself and runs once, under runc.
+# ``FSRLM_TEST_RUNTIMES`` names the kernels (``runc``, ``runsc``, or both, the default) and
+# ``FSRLM_TEST_EVERY_KERNEL=1`` gives every docker test its twin (about twice the suite's time).
 
 
 def wanted_runtimes() -> list[str]:
-    """The kernels docker tests run under: ``FSRLM_TEST_RUNTIMES`` (e.g. ``runc``), default both."""
+    """The kernels ``both_kernels`` tests run under: ``FSRLM_TEST_RUNTIMES`` (e.g. ``runc``), default both."""
     value = os.environ.get("FSRLM_TEST_RUNTIMES", "")
     names = [n.strip() for n in value.split(",") if n.strip()] or list(SANDBOX_RUNTIMES)
     unknown = sorted(set(names) - set(SANDBOX_RUNTIMES))
@@ -39,8 +45,16 @@ def wanted_runtimes() -> list[str]:
     return names
 
 
+def runtimes_for(definition: pytest.Item) -> list[str]:
+    """Both kernels for a ``both_kernels`` test (or every test, FSRLM_TEST_EVERY_KERNEL=1); else the first."""
+    wanted = wanted_runtimes()
+    if definition.get_closest_marker("both_kernels") or os.environ.get("FSRLM_TEST_EVERY_KERNEL") == "1":
+        return wanted
+    return wanted[:1]
+
+
 # Fixtures parametrised over executor backends ("local", "docker", "remote-docker"): a test using one runs
-# under both kernels, except its local runs (tests/executors/test_conformance.py: backend).
+# under the kernels above, except its local runs (tests/executors/test_conformance.py: backend).
 BACKEND_FIXTURES = ("executor_type", "backend")
 
 
@@ -51,7 +65,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("one_kernel"):
         return
     if metafunc.definition.get_closest_marker("docker") or any(f in metafunc.fixturenames for f in BACKEND_FIXTURES):
-        metafunc.parametrize("sandbox_runtime", wanted_runtimes(), indirect=True)
+        metafunc.parametrize("sandbox_runtime", runtimes_for(metafunc.definition), indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -60,7 +74,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(item, "callspec", None) and item.callspec.params
         if params and params.get("sandbox_runtime") == "runsc":
-            if any(params.get(f) == "local" for f in BACKEND_FIXTURES):
+            if any(params.get(f) == "local" for f in BACKEND_FIXTURES) and len(wanted_runtimes()) > 1:
                 dropped.append(item)
                 continue
             item.add_marker(pytest.mark.docker)

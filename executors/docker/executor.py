@@ -82,7 +82,7 @@ class DockerExecutor(Executor):
                       if self.config.share_cli and self.config.image is None else None)
         return ContainerSandbox(
             self._engine, self.config, spec, self._image, user=user, shared_cli=shared_cli, runtime=self.info,
-            workspace=BindMount(self._engine, spec, user, runtime=self.config.runtime),
+            workspace=BindMount(self._engine, spec, user, host_inodes=self.info.kernel == "host"),
             channel=MountedSocket(self._engine, spec, user),
         )
 

@@ -34,7 +34,11 @@ def verify_workspace(spec: SandboxSpec) -> DirIdentity:
         raise SandboxError(f"Refusing to start the sandbox: {e}") from None
 
 
-def mount_check_env(spec: SandboxSpec, runtime: str | None) -> dict[str, str]:
-    """Variables that make the entrypoint check the mounted workspace (after checking it here)."""
+def mount_check_env(spec: SandboxSpec, *, in_container: bool) -> dict[str, str]:
+    """Variables that make the entrypoint check the mounted workspace (after checking it here).
+
+    ``in_container`` False: the sandbox's kernel numbers devices and inodes itself (gVisor shows
+    ``/workspace`` as 13:1, and its ``statx`` fails), so only the host-side check is made.
+    """
     identity = verify_workspace(spec)
-    return {} if runtime else {WORKSPACE_ID_ENV: str(identity)}
+    return {WORKSPACE_ID_ENV: str(identity)} if in_container else {}

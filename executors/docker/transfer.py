@@ -80,10 +80,11 @@ class WorkspaceTransfer(abc.ABC):
 class BindMount(WorkspaceTransfer):
     """The run folder is the sandbox's workspace (bind mount); handed to the sandbox uid when we are root."""
 
-    def __init__(self, engine: Engine, spec: SandboxSpec, user: tuple[int, int], *, runtime: str | None = None) -> None:
+    def __init__(self, engine: Engine, spec: SandboxSpec, user: tuple[int, int], *, host_inodes: bool = True) -> None:
         super().__init__(engine, spec, user)
         self.chowned = os.geteuid() == 0 and user != (os.getuid(), os.getgid())
-        self.runtime = runtime  # the OCI runtime (executor.runtime): runsc numbers inodes itself
+        # Does the container see the host's device and inode numbers? runc: yes; gVisor numbers its own.
+        self.host_inodes = host_inodes
 
     async def prepare(self) -> None:
         if not self.chowned:
@@ -99,7 +100,7 @@ class BindMount(WorkspaceTransfer):
     def environment(self) -> dict[str, str]:
         # A bind mount is made by path (Docker follows links in it): the folder is checked here, and the
         # entrypoint checks that /workspace is it (mountcheck.py).
-        return mount_check_env(self.spec, self.runtime)
+        return mount_check_env(self.spec, in_container=self.host_inodes)
 
     async def after_remove(self, problems: list[str]) -> None:
         if self.chowned and not problems:

@@ -49,6 +49,8 @@ from fsrlm.testing.bedrock import BedrockCredentials
 from fsrlm.testing.plans import count_label_plan
 from fsrlm.testing.scripted_model import ScriptedModelServer
 
+pytestmark = pytest.mark.both_kernels  # the executor contract holds under runc and gVisor
+
 BACKENDS = ["local", "docker", "remote-docker"]
 
 

@@ -167,5 +167,5 @@ def test_isolation_from_the_environment_and_its_precedence(tmp_path):
 def test_a_wrong_isolation_names_the_setting():
     from fsrlm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="executor.docker.isolation"):
+    with pytest.raises(ConfigError, match=r"executor\.isolation: "):
         load_config(env={"FSRLM_ISOLATION": "firecracker"})

@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"security report: {ref} not found, left out", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="fsrlm-security-") as tmp:
         results = Path(tmp) / "results.json"
-        env = {**os.environ, RESULTS_ENV: str(results)}
+        # Every attack under both kernels here (make test twins only the kernel-sensitive suites).
+        env = {**os.environ, RESULTS_ENV: str(results), "FSRLM_TEST_EVERY_KERNEL": "1"}
         cmd = [sys.executable, "-m", "pytest", *targets, "-p", "tests.security.report", *extra]
         print("+", " ".join(cmd), file=sys.stderr)
         code = subprocess.call(cmd, cwd=ROOT, env=env)

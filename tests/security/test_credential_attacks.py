@@ -10,7 +10,7 @@ from support import FAKE_UPSTREAM_KEY
 
 from fsrlm.testing.scripted_model import Fault
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 AWS_KEY_ID = "AKIAFSRLMTESTKEYID00"
 AWS_SECRET = "fsrlm/test+AWS+secret/do-not-leak-0123456789"

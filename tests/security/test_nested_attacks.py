@@ -15,7 +15,7 @@ import pytest
 
 from fsrlm.executors.docker.handback import sandbox_user
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 
 def _tree(path: Path) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from security_support import host_ip
 from support import FAKE_UPSTREAM_KEY
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 PROBE = """
 import socket

@@ -17,7 +17,7 @@ from security_support import MB, ContainerCpu, peak_rss_growth
 
 from fsrlm.run import MAX_ANSWER_BYTES
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 
 # Fork until fork fails, the children kept alive; then kill them all. Sets children, failure.

@@ -11,7 +11,7 @@ from fsrlm import RLM
 from fsrlm.executors.docker.image import cli_binary
 from fsrlm.testing.plans import FinalStep, Plan, ToolStep, last_tool_result
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 PROBE = r"""
 import errno, resource, shutil, subprocess
