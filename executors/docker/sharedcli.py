@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from fsrlm.errors import WorkspaceError
@@ -27,6 +28,7 @@ from fsrlm.safe_fs import make_private_dir, open_private_dir
 logger = logging.getLogger(__name__)
 
 ROOT_DIR = Path("/var/lib/fsrlm/cli")
+ORPHAN_AGE_S = 3600.0  # a link or copy no installation holds, this old, is removed
 
 
 def neutral_dir() -> Path:
@@ -84,8 +86,17 @@ def neutral_cli(source: Path) -> Path | None:
 
 
 def _prune(folder: Path, keep: str) -> None:
-    """Remove links to earlier CLI versions (a link keeps the old binary's blocks allocated)."""
+    """Remove links to CLI versions no installation holds any more (a link keeps their blocks allocated).
+
+    Another installation on this machine (a second virtualenv, another checkout) shares the folder
+    with a binary of its own: a link whose source still exists (two names on the inode) is in use, and
+    so is a fresh copy (made where a hard link cannot be); only orphans an hour old are removed.
+    """
+    now = time.time()
     for entry in folder.iterdir():
-        if entry.name != keep and entry.name.startswith("claude-"):
-            with contextlib.suppress(OSError):
+        if entry.name == keep or not entry.name.startswith("claude-"):
+            continue
+        with contextlib.suppress(OSError):
+            st = entry.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and now - st.st_ctime > ORPHAN_AGE_S:
                 entry.unlink()

@@ -30,7 +30,8 @@ def neutral(tmp_path: Path, monkeypatch) -> Path:
     return folder
 
 
-def test_a_hard_link_named_by_fingerprint(source: Path, neutral: Path) -> None:
+def test_a_hard_link_named_by_fingerprint(source: Path, neutral: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sharedcli, "ORPHAN_AGE_S", 0.0)
     path = sharedcli.neutral_cli(source)
     assert path is not None and path.parent == neutral and "alice" not in str(path)
     assert path.stat().st_ino == source.stat().st_ino and os.access(path, os.X_OK)
@@ -40,6 +41,20 @@ def test_a_hard_link_named_by_fingerprint(source: Path, neutral: Path) -> None:
     newer = sharedcli.neutral_cli(source)
     assert newer is not None and newer != path and not path.exists()
     assert newer.read_bytes() == b"\x7fELF newer binary"
+
+
+def test_two_installations_keep_each_others_links(source: Path, neutral: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    """A second virtualenv's CLI (another inode) must not remove the link the first one mounts."""
+    monkeypatch.setattr(sharedcli, "ORPHAN_AGE_S", 0.0)
+    other = tmp_path / "other-venv" / "claude"
+    other.parent.mkdir()
+    other.write_bytes(b"\x7fELF another installation")
+    first = sharedcli.neutral_cli(source)
+    second = sharedcli.neutral_cli(other)
+    assert first is not None and second is not None and first != second
+    assert first.exists() and second.exists()
+    assert sharedcli.neutral_cli(source) == first and second.exists()
 
 
 def test_a_copy_when_no_link_can_be_made(source: Path, neutral: Path, monkeypatch) -> None:
