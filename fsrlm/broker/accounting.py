@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -34,6 +34,8 @@ MAX_JSON_BYTES = 8 * _MAX_LINE  # a JSON answer read for its usage; a bigger one
 OVERHEAD_TOKENS = 1_000
 IMAGE_TOKENS = 1_600
 DOCUMENT_TOKENS = 100 * (IMAGE_TOKENS + 3_000)
+# A Claude model's context without the 1M-context beta: the API refuses (and does not bill) a longer prompt.
+STANDARD_CONTEXT_TOKENS = 200_000
 # max_tokens when a request names none (Bedrock Converse makes it optional): the largest output
 # any Claude model can give (128k with the output-128k beta).
 DEFAULT_MAX_OUTPUT_TOKENS = 128_000
@@ -100,6 +102,7 @@ class RequestTerms(BaseModel):
     max_tokens: int | None = None
     images: int = 0
     documents: int = 0
+    cache: Literal["none", "5m", "1h"] = "none"  # the dearest prompt-cache write a cache_control asks for
 
 
 def request_terms(data: bytes) -> RequestTerms:
@@ -116,6 +119,7 @@ def request_terms(data: bytes) -> RequestTerms:
     if max_tokens is None and isinstance(config, dict):
         max_tokens = config.get("maxTokens")
     images = documents = 0
+    cache = "none"
     stack: list[Any] = [body]
     while stack:  # no recursion: the body came from the sandbox
         item = stack.pop()
@@ -125,16 +129,23 @@ def request_terms(data: bytes) -> RequestTerms:
                 images += 1
             if kind == "document" or "document" in item:
                 documents += 1
+            control = item.get("cache_control", item.get("cachePoint"))
+            if control is not None:  # cache writes happen only at these breakpoints
+                ttl = control.get("ttl") if isinstance(control, dict) else None
+                cache = "5m" if ttl in (None, "5m") and cache != "1h" else "1h"
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return RequestTerms(model=model, max_tokens=_int(max_tokens) or None, images=images, documents=documents)
+    return RequestTerms(model=model, max_tokens=_int(max_tokens) or None, images=images, documents=documents,
+                        cache=cache)
 
 
-def input_ceiling(body_bytes: int, terms: RequestTerms | None = None) -> int:
-    """At most how many input tokens a request of ``body_bytes`` can be billed for (see the constants)."""
+def input_ceiling(body_bytes: int, terms: RequestTerms | None = None, context_tokens: int | None = None) -> int:
+    """At most how many input tokens a request of ``body_bytes`` can be billed for (see the constants);
+    ``context_tokens``: the most the model accepts (a longer prompt is refused, unbilled), when known."""
     terms = terms or RequestTerms()
-    return body_bytes + OVERHEAD_TOKENS + terms.images * IMAGE_TOKENS + terms.documents * DOCUMENT_TOKENS
+    ceiling = body_bytes + OVERHEAD_TOKENS + terms.images * IMAGE_TOKENS + terms.documents * DOCUMENT_TOKENS
+    return min(ceiling, context_tokens) if context_tokens else ceiling
 
 
 # -- streaming answers ----------------------------------------------------------------------------

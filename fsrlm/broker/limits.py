@@ -13,8 +13,9 @@ Counting rules:
 * cache hits are free: they are never reserved and never refused;
 * money is reserved before **every upstream attempt**, root or subcall, retries
   included: the attempt's worst case (``Pricer.worst_case``: every input token the
-  body can hold, written to the dearer 1-hour prompt cache, and all of
-  ``max_tokens`` at the output price) is added to ``reserved_usd``, and the attempt
+  body can hold — one token per byte plus allowances, at most the model's context
+  when the broker knows it — written to the prompt cache the request asks for, and
+  all of ``max_tokens`` at the output price) is added to ``reserved_usd``, and the attempt
   is refused (``max_budget_usd``) when ``spent_usd + reserved_usd + worst case``
   would cross the budget. When the answer is read the reservation is *settled*:
   replaced by the real cost of the usage the answer reports. An attempt whose
@@ -166,12 +167,14 @@ class RunLedger:
 
     # -- money --------------------------------------------------------------
 
-    def reserve_usd(self, model: str, input_tokens: int, max_tokens: int, *, root: bool) -> Reservation:
+    def reserve_usd(self, model: str, input_tokens: int, max_tokens: int, *, root: bool,
+                    cache: str = "1h") -> Reservation:
         """Hold the worst case of one upstream attempt, or refuse it (``max_budget_usd``); no await inside.
 
-        ``input_tokens`` is the most the request can hold (``accounting.input_ceiling``).
+        ``input_tokens`` is the most the request can hold (``accounting.input_ceiling``), ``cache`` the
+        dearest prompt-cache write it asks for (``RequestTerms.cache``).
         """
-        worst = self.pricer.worst_case(model, input_tokens, max_tokens)
+        worst = self.pricer.worst_case(model, input_tokens, max_tokens, cache)
         budget = self.limits.max_budget_usd
         s = self.shared
         if budget is not None and s.spent_usd + s.reserved_usd + worst > budget:
@@ -296,12 +299,14 @@ class MeteredCall:
     that was answered; ``close()`` (in a ``finally``) charges whatever is still open.
     """
 
-    def __init__(self, ledger: RunLedger, model: str, input_tokens: int, max_tokens: int, *, root: bool) -> None:
+    def __init__(self, ledger: RunLedger, model: str, input_tokens: int, max_tokens: int, *, root: bool,
+                 cache: str = "1h") -> None:
         self.ledger = ledger
         self.model = model
         self.input_tokens = input_tokens
         self.max_tokens = max_tokens
         self.root = root
+        self.cache = cache
         self.attempts: list[Reservation] = []
 
     @property
@@ -309,7 +314,8 @@ class MeteredCall:
         return sum(r.charged_usd for r in self.attempts)
 
     async def attempt(self, send: Callable[[], Awaitable[aiohttp.ClientResponse]]) -> aiohttp.ClientResponse:
-        reservation = self.ledger.reserve_usd(self.model, self.input_tokens, self.max_tokens, root=self.root)
+        reservation = self.ledger.reserve_usd(self.model, self.input_tokens, self.max_tokens, root=self.root,
+                                              cache=self.cache)
         self.attempts.append(reservation)
         try:
             response = await send()

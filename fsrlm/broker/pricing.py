@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
-from fsrlm.broker.accounting import Usage
+from fsrlm.broker.accounting import STANDARD_CONTEXT_TOKENS, Usage
 from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice
 
 logger = logging.getLogger(__name__)
@@ -79,12 +79,23 @@ class Pricer:
             own = self.unknown
         return _own_cost(own, usage)
 
-    def worst_case(self, model: str, input_tokens: int, max_tokens: int) -> float:
+    def worst_case(self, model: str, input_tokens: int, max_tokens: int, cache: str = "1h") -> float:
         """The most a call of ``model`` with at most ``input_tokens`` in and ``max_tokens`` out can cost:
-        all of the input written to the dearer (1-hour) prompt cache, every output token used."""
-        usage = Usage(cache_creation_input_tokens=input_tokens, cache_write_1h_tokens=input_tokens,
-                      output_tokens=max_tokens)
-        return max(self.cost(model, usage), self.cost(model, Usage(input_tokens=input_tokens, output_tokens=max_tokens)))
+        every output token used, and all of the input written to the prompt cache the request asks for
+        (``cache``: "none", "5m" or "1h"; writes happen only at a request's cache_control breakpoints)."""
+        plain = self.cost(model, Usage(input_tokens=input_tokens, output_tokens=max_tokens))
+        if cache == "none":
+            return plain
+        written = Usage(cache_creation_input_tokens=input_tokens, output_tokens=max_tokens,
+                        cache_write_1h_tokens=input_tokens if cache == "1h" else 0)
+        return max(plain, self.cost(model, written))
+
+    def context_tokens(self, model: str, *, long_context: bool) -> int | None:
+        """The most input a model accepts, when the broker knows it: a Claude model the table prices takes
+        200k tokens unless the request carries the 1M-context beta. ``None``: no known cap."""
+        if long_context or model in self.prices or _table_price(model, self.provider) is None:
+            return None
+        return STANDARD_CONTEXT_TOKENS if "claude" in model.lower() else None
 
 
 def _tokens(usage: Usage) -> Any:

@@ -282,8 +282,10 @@ class Broker:
         terms = _root_terms(data)
         model = request.match_info.get("model_id") or terms.model or "unknown"
         started = time.perf_counter()
-        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms),
-                              terms.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS, root=True)
+        long_context = "context-1m" in request.headers.get("anthropic-beta", "") or b"context-1m" in data
+        context = self.ledger.pricer.context_tokens(model, long_context=long_context)
+        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context),
+                              terms.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS, root=True, cache=terms.cache)
         try:
             return await self._metered_root_call(request, data, model, started, metered)
         finally:

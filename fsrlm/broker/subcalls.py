@@ -146,17 +146,19 @@ class SubcallService:
 
         path, payload = self.upstream.subcall_target(body)
         data = json.dumps(payload).encode()
-        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), request_terms(data)), body["max_tokens"],
-                              root=False)
+        terms = request_terms(data)
+        context = self.ledger.pricer.context_tokens(model, long_context=False)  # subcalls never ask for 1M
+        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context), body["max_tokens"],
+                              root=False, cache=terms.cache)
         try:
             message, usage = await self._upstream_call(path, data, metered)
         except LimitExceeded as e:  # the budget cannot hold this call's worst case (or one more attempt)
             self.ledger.release(slot)
-            self._record(script, model, "refused", started, metered.charged_usd, limit=e.limit, error=str(e), **record)
+            self._record(script, model, "refused", started, cost=metered.charged_usd, limit=e.limit, error=str(e), **record)
             raise
         except UpstreamError as e:
             self.ledger.release(slot)
-            self._record(script, model, "error", started, metered.charged_usd, error=str(e), **record)
+            self._record(script, model, "error", started, cost=metered.charged_usd, error=str(e), **record)
             raise
         finally:
             metered.close()  # cancelled or failed before the answer was read: charged its reservation

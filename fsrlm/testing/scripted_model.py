@@ -377,7 +377,11 @@ class ScriptedModelServer:
             else:
                 output = str(answer)
             content = [{"type": "text", "text": output}]
-        usage["output_tokens"] = usage["output_tokens"] or estimate_tokens(output)
+        if not usage["output_tokens"]:  # estimated (a responder's own figure is kept as given)
+            usage["output_tokens"] = estimate_tokens(output)
+            limit = body.get("max_tokens")
+            if isinstance(limit, int) and limit > 0:
+                usage["output_tokens"] = min(usage["output_tokens"], limit)  # as a real API: never past max_tokens
         return {
             "id": f"msg_scripted_{self._next_id(self._message_ids):04d}",
             "type": "message",

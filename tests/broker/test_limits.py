@@ -146,8 +146,11 @@ def test_snapshot_fields() -> None:
         "scripts_used": 2,
         "max_scripts": 3,
         "spent_usd": 0.123457,
+        "reserved_usd": 0.0,
         "max_budget_usd": 2.5,
         "cache_hits": 1,
+        "nested_running": 0,
+        "max_concurrent_nested": 2,
     }
     assert led.snapshot()["script_subcalls_used"] == 0
     assert led.snapshot("never-seen.py")["script_subcalls_used"] == 0
