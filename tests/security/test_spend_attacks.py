@@ -18,9 +18,7 @@ from security_support import PREAMBLE, read_findings
 from support import FAKE_UPSTREAM_KEY
 
 from fsrlm import RLM
-from fsrlm.broker.accounting import Usage
 from fsrlm.broker.audit import AUDIT_LOG
-from fsrlm.broker.pricing import Pricer
 from fsrlm.testing.bedrock import BedrockCredentials
 from fsrlm.testing.plans import script_plan
 from fsrlm.testing.scripted_model import Fault, ScriptedModelServer
@@ -53,6 +51,14 @@ def outcome(status, raw):
 """
 
 
+def _list_cost(model: str, input_tokens: int, output_tokens: int, provider: str = "anthropic") -> float:
+    """What the upstream bills at list price, from genai-prices itself (not the broker's code under test)."""
+    from genai_prices import Usage, calc_price
+
+    return float(calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens), model,
+                            provider_id=provider).total_price)
+
+
 def _records(result) -> list[dict]:
     path = result.workspace_path / AUDIT_LOG
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -63,16 +69,15 @@ def _records(result) -> list[dict]:
 
 STORM = CLIENT + """
 from concurrent.futures import ThreadPoolExecutor
-from llm_client import llm_query, rlm_query, write_answer
+from llm_client import llm_batch, rlm_query, write_answer
 if os.environ.get("FSRLM_DEPTH") == "1":
     # The nested agent: a few dear subcalls (about $0.15 each at the test's price for scripted-sub).
-    big = "words " * 8000
-    spent = []
-    for i in range(3):
-        try:
-            spent.append(llm_query(f"ECHO: {i} {big}")[:10])
-        except Exception as e:
-            spent.append(type(e).__name__)
+    big = "words " * 30000
+    me = os.environ.get("FSRLM_RUN_ID", "")  # one prompt per nested run: no cache hit between them
+    try:
+        spent = [a[:10] for a in llm_batch([f"ECHO: {me} {i} {big}" for i in range(3)])]
+    except Exception as e:
+        spent = [type(e).__name__]
     write_answer(" ".join(spent))
     raise SystemExit
 def one(i):
@@ -88,7 +93,7 @@ write_answer("stormed")
 """
 
 
-def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, finding):
+def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, scripted, finding):
     n, budget = 24, 2.0
     f = finding(
         "money", "a storm of nested runs",
@@ -97,11 +102,13 @@ def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, finding):
         expected="at most 2 nested runs at once; the whole tree's spend stays within max_budget_usd; the rest "
                  "of the rlm_query calls are refused (max_budget_usd) or wait their turn",
     )
+    scripted.subcall_latency_ms = 3000  # a real model takes seconds: the nested runs' subcalls overlap
     run = attack_run(f"N = {n}\n" + STORM, max_depth=1, max_budget_usd=budget, timeout_seconds=600)
     m = run.result.metrics
     outcomes = run.findings.get("outcomes", {})
     f.observed = (f"{outcomes}; {len(run.result.nested)} nested runs started; the tree spent "
                   f"${m.total_cost_usd:.2f} of ${budget:.2f}")
+    print("OBSERVED", f.observed, run.result.errors[:5])
     assert sum(outcomes.values()) == n, run.findings or run.result.errors
     assert m.total_cost_usd <= budget, f.observed
     assert any("max_budget_usd" in k for k in outcomes) or m.total_cost_usd < budget, outcomes
@@ -168,7 +175,7 @@ def test_root_calls_whose_usage_cannot_be_read_are_charged(attack_run, scripted,
     cost = sum(r["cost_usd"] for r in charged)
     # What the upstream may have billed for each attempt: the input it was sent, and all of max_tokens.
     input_tokens = len(prompt) // 4
-    billable = Pricer().cost(MODEL, Usage(input_tokens=input_tokens, output_tokens=max_tokens))
+    billable = _list_cost(MODEL, input_tokens, max_tokens)
     f.observed = (f"{len(attempts)} attempt(s) reached the upstream; answer status {run.findings.get('status')}; "
                   f"charged ${cost:.4f} (the upstream may have billed ${billable:.4f} an attempt)")
     assert attempts, run.findings
@@ -219,9 +226,8 @@ def test_bedrock_converse_answers_are_charged(docker_image, make_config, finding
     found = read_findings(result).get("results", [])
     charged = [r for r in _records(result) if r["kind"] == "root" and r["model"] == CONVERSE_MODEL]
     cost = sum(r["cost_usd"] for r in charged)
-    reported = sum(Pricer(upstream_type="bedrock").cost(
-        CONVERSE_MODEL, Usage(input_tokens=x["usage"]["inputTokens"], output_tokens=x["usage"]["outputTokens"]))
-        for x in found if x.get("status") == 200 and x.get("usage"))
+    reported = sum(_list_cost(CONVERSE_MODEL, x["usage"]["inputTokens"], x["usage"]["outputTokens"], "aws")
+                   for x in found if x.get("status") == 200 and x.get("usage"))
     f.observed = (f"{len(reached)} Converse calls reached the upstream, statuses "
                   f"{[x.get('status') for x in found]}; charged ${cost:.4f} for a reported usage worth ${reported:.4f}")
     assert found, result.errors
