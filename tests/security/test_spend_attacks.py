@@ -64,6 +64,13 @@ def _records(result) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _span(workspace) -> tuple[float, float]:
+    events = [json.loads(line) for line in (workspace / "state" / "events.jsonl").read_text().splitlines()]
+    started = next(e["ts"] for e in events if e["kind"] == "run_started")
+    ended = next(e["ts"] for e in events if e["kind"] == "result")
+    return started, ended
+
+
 # -- a storm of nested runs -----------------------------------------------------------------------
 
 
@@ -106,11 +113,14 @@ def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, scripted, fi
     run = attack_run(f"N = {n}\n" + STORM, max_depth=1, max_budget_usd=budget, timeout_seconds=600)
     m = run.result.metrics
     outcomes = run.findings.get("outcomes", {})
-    f.observed = (f"{outcomes}; {len(run.result.nested)} nested runs started; the tree spent "
+    # How many nested runs ran at once: each one's run_started and result events (host-written).
+    spans = [_span(child.workspace_path) for child in run.result.nested]
+    peak = max((sum(1 for a, b in spans if a <= t < b) for t, _ in spans), default=0)
+    f.observed = (f"{outcomes}; {len(run.result.nested)} nested runs, at most {peak} at once; the tree spent "
                   f"${m.total_cost_usd:.2f} of ${budget:.2f}")
-    print("OBSERVED", f.observed, run.result.errors[:5])
     assert sum(outcomes.values()) == n, run.findings or run.result.errors
     assert m.total_cost_usd <= budget, f.observed
+    assert peak <= 2, f.observed
     assert any("max_budget_usd" in k for k in outcomes) or m.total_cost_usd < budget, outcomes
 
 
