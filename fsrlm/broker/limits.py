@@ -220,7 +220,9 @@ class RunLedger:
         reservation.charged_usd = cost
         self.unsettled.pop(id(reservation), None)
         s = self.shared
-        s.reserved_usd = max(s.reserved_usd - reservation.usd, 0.0)
+        s.reserved_usd -= reservation.usd
+        if s.reserved_usd < 1e-12:  # float residue of many holds and settles: nothing is held
+            s.reserved_usd = 0.0
         if cost > reservation.usd:
             s.over_reservation_usd += cost - reservation.usd
         self.charge(cost, root=reservation.root)
