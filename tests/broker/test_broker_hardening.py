@@ -89,3 +89,21 @@ def test_gc_removes_socket_folders_of_dead_brokers_only(tmp_path, monkeypatch) -
         live.close()
     assert sorted(removed) == sorted(str(folders[n]) for n in ("dead", "old"))
     assert folders["live"].exists() and folders["young"].exists()
+
+
+async def test_rlm_query_runs_at_most_max_concurrent_nested_at_once(start_broker) -> None:
+    running, peak = 0, 0
+
+    async def nested(prompt: str, context: str) -> dict:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return {"answer": prompt, "success": True, "run_id": "x", "stop_reason": "completed"}
+
+    b = await start_broker(nested_runner=nested, max_concurrent_nested=2, nested_wait_seconds=30)
+    replies = await asyncio.gather(*(b.request("POST", "/fsrlm/v1/rlm_query", body={"prompt": f"p{i}"})
+                                     for i in range(8)))
+    assert [r.status for r in replies] == [200] * 8  # the top-level run's extra calls waited their turn
+    assert peak == 2 and b.broker.ledger.shared.nested_running == 0
