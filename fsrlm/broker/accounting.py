@@ -111,6 +111,11 @@ def request_terms(data: bytes) -> RequestTerms:
         body = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return RequestTerms()
+    return terms_of(body)
+
+
+def terms_of(body: Any) -> RequestTerms:
+    """``request_terms`` of a body already parsed (a subcall's, which the broker built itself)."""
     if not isinstance(body, dict):
         return RequestTerms()
     model = body.get("model") if isinstance(body.get("model"), str) else None

@@ -14,14 +14,15 @@ which fetches a newer table over the network) is never started, so pricing works
 and a broker never waits on the network for a price.
 
 Usage figures are Anthropic's: ``input_tokens`` counts only uncached input, cache reads and
-writes are counted apart (genai-prices wants the total as ``input_tokens``: ``_tokens`` adds
-them up).
+writes are counted apart (their sum decides a long-context tier, as in genai-prices).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -37,17 +38,67 @@ CACHE_WRITE_5M, CACHE_WRITE_1H, CACHE_READ = 1.25, 2.0, 0.1
 PriceSource = Literal["prices", "genai-prices", "unknown"]
 
 
+Tiered = tuple[float, tuple[tuple[int, float], ...]]  # base $/Mtok, then (above this many input tokens, $/Mtok)
+
+
+@dataclass(frozen=True)
+class _Rates:
+    """One model's genai-prices entry as plain floats: pricing every call through genai-prices' own
+    ``calc_price`` costs about 0.25 ms, too much for the broker's per-subcall budget. Same rule as
+    genai-prices: crossing a tier (by total input tokens) prices *all* tokens of that kind at the tier."""
+
+    input: Tiered
+    cache_write: Tiered
+    cache_write_1h: Tiered
+    cache_read: Tiered
+    output: Tiered
+
+    def cost(self, usage: Usage) -> float:
+        write = usage.cache_creation_input_tokens
+        write_1h = min(usage.cache_write_1h_tokens, write)
+        total_input = usage.input_tokens + write + usage.cache_read_input_tokens
+
+        def rate(price: Tiered) -> float:
+            base, tiers = price
+            for start, tier in reversed(tiers):
+                if total_input > start:
+                    return tier
+            return base
+
+        return (usage.input_tokens * rate(self.input) + (write - write_1h) * rate(self.cache_write)
+                + write_1h * rate(self.cache_write_1h) + usage.cache_read_input_tokens * rate(self.cache_read)
+                + usage.output_tokens * rate(self.output)) / 1_000_000
+
+
+def _tiered(value: Any, fallback: Tiered) -> Tiered:
+    if value is None:
+        return fallback
+    if isinstance(value, Decimal | int | float):
+        return float(value), ()
+    return float(value.base), tuple((int(t.start), float(t.price)) for t in value.tiers)
+
+
+def _scaled(price: Tiered, factor: float) -> Tiered:
+    return price[0] * factor, tuple((start, p * factor) for start, p in price[1])
+
+
 @lru_cache(maxsize=512)
-def _table_price(model: str, provider: str | None) -> Any:
+def _table_price(model: str, provider: str | None) -> _Rates | None:
     """genai-prices' price of ``model`` (resolved once per name), or ``None`` when it does not know it."""
     from genai_prices import Usage as TableUsage
     from genai_prices import calc_price
 
     for provider_id in dict.fromkeys((provider, None)):  # the upstream's provider first, then any
         try:
-            return calc_price(TableUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id).model_price
+            price = calc_price(TableUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id).model_price
         except LookupError:
             continue
+        base = _tiered(price.input_mtok, (0.0, ()))
+        write = _tiered(price.cache_write_mtok, _scaled(base, CACHE_WRITE_5M))
+        return _Rates(input=base, cache_write=write,
+                      cache_write_1h=_tiered(price.cache_write_1h_mtok, _scaled(base, CACHE_WRITE_1H)),
+                      cache_read=_tiered(price.cache_read_mtok, _scaled(base, CACHE_READ)),
+                      output=_tiered(price.output_mtok, (0.0, ())))
     return None
 
 
@@ -75,7 +126,7 @@ class Pricer:
         if own is None:
             table = _table_price(model, self.provider)
             if table is not None:
-                return float(table.calc_price(_tokens(usage))["total_price"])
+                return table.cost(usage)
             own = self.unknown
         return _own_cost(own, usage)
 
@@ -96,18 +147,6 @@ class Pricer:
         if long_context or model in self.prices or _table_price(model, self.provider) is None:
             return None
         return STANDARD_CONTEXT_TOKENS if "claude" in model.lower() else None
-
-
-def _tokens(usage: Usage) -> Any:
-    from genai_prices import Usage as TableUsage
-
-    write = usage.cache_creation_input_tokens
-    write_1h = min(usage.cache_write_1h_tokens, write)
-    return TableUsage(
-        input_tokens=usage.input_tokens + write + usage.cache_read_input_tokens,
-        cache_write_tokens=write, cache_write_1h_tokens=write_1h, cache_write_5m_tokens=write - write_1h,
-        cache_read_tokens=usage.cache_read_input_tokens, output_tokens=usage.output_tokens,
-    )
 
 
 def _own_cost(p: ModelPrice, usage: Usage) -> float:

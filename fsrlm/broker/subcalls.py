@@ -23,7 +23,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fsrlm.broker.accounting import Usage, input_ceiling, read_usage, request_terms
+from fsrlm.broker.accounting import Usage, input_ceiling, read_usage, terms_of
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
 from fsrlm.broker.limits import MeteredCall, RunLedger
@@ -146,7 +146,7 @@ class SubcallService:
 
         path, payload = self.upstream.subcall_target(body)
         data = json.dumps(payload).encode()
-        terms = request_terms(data)
+        terms = terms_of(payload)
         context = self.ledger.pricer.context_tokens(model, long_context=False)  # subcalls never ask for 1M
         metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context), body["max_tokens"],
                               root=False, cache=terms.cache)

@@ -34,6 +34,23 @@ def test_anthropic_and_bedrock_ids_come_from_the_maintained_table() -> None:
     assert bedrock.cost("us.anthropic.claude-haiku-4-5-20251001-v1:0", Usage(input_tokens=M)) > 0
 
 
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-3-haiku"])
+@pytest.mark.parametrize("usage", [Usage(input_tokens=5_000, output_tokens=100),
+                                   Usage(input_tokens=150_000, cache_read_input_tokens=100_000, output_tokens=5_000,
+                                         cache_creation_input_tokens=3_000, cache_write_1h_tokens=1_000)])
+def test_the_broker_charges_what_genai_prices_charges(model: str, usage: Usage) -> None:
+    from genai_prices import Usage as TableUsage
+    from genai_prices import calc_price
+
+    write, write_1h = usage.cache_creation_input_tokens, usage.cache_write_1h_tokens
+    expected = calc_price(TableUsage(
+        input_tokens=usage.input_tokens + write + usage.cache_read_input_tokens, cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h, cache_write_5m_tokens=write - write_1h,
+        cache_read_tokens=usage.cache_read_input_tokens, output_tokens=usage.output_tokens,
+    ), model, provider_id="anthropic").total_price
+    assert Pricer(upstream_type="anthropic").cost(model, usage) == pytest.approx(float(expected))
+
+
 def test_cache_reads_writes_and_the_long_context_tier() -> None:
     pricer = Pricer(upstream_type="anthropic")
     model = "claude-sonnet-4-5"
