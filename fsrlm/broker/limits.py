@@ -42,13 +42,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
 from pydantic import BaseModel
 
 from fsrlm.broker.accounting import Usage
 from fsrlm.broker.pricing import Pricer
 from fsrlm.errors import LimitExceeded
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class RunLimits(BaseModel):
@@ -316,6 +319,8 @@ class MeteredCall:
         return sum(r.charged_usd for r in self.attempts)
 
     async def attempt(self, send: Callable[[], Awaitable[aiohttp.ClientResponse]]) -> aiohttp.ClientResponse:
+        import aiohttp  # here: importing the limits (a CallRecord's package) must not load the HTTP stack
+
         reservation = self.ledger.reserve_usd(self.model, self.input_tokens, self.max_tokens, root=self.root,
                                               cache=self.cache)
         self.attempts.append(reservation)
