@@ -107,3 +107,16 @@ async def test_rlm_query_runs_at_most_max_concurrent_nested_at_once(start_broker
                                      for i in range(8)))
     assert [r.status for r in replies] == [200] * 8  # the top-level run's extra calls waited their turn
     assert peak == 2 and b.broker.ledger.shared.nested_running == 0
+
+
+async def test_the_only_slack_is_an_answer_billed_past_its_max_tokens(start_broker, scripted) -> None:
+    """The bound's one condition (limits.py): an upstream that bills more output than max_tokens."""
+    scripted.responder = lambda body: {"text": "long", "output_tokens": 50_000}  # ignores max_tokens=300
+    b = await start_broker(max_budget_usd=1.0)
+    replies = [await b.subcall(ask(f"ECHO: {i}")) for i in range(10)]
+    shared = b.broker.ledger.shared
+    answered = sum(r.status == 200 for r in replies)
+    assert answered and shared.over_reservation_usd > 0
+    # What was spent past the budget is at most what answers billed past their reservations.
+    assert shared.spent_usd <= 1.0 + shared.over_reservation_usd
+    assert {r.error["limit"] for r in replies if r.status != 200} <= {"max_budget_usd"}

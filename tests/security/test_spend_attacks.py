@@ -103,7 +103,7 @@ write_answer("stormed")
 def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, scripted, finding):
     n, budget = 24, 2.0
     f = finding(
-        "money", "a storm of nested runs",
+        "broker", "a storm of nested runs",
         tried=f"{n} rlm_query calls at once from 24 threads, each nested agent making 3 subcalls of ~$0.15, "
               f"with max_budget_usd={budget:g} and max_concurrent_nested=2",
         expected="at most 2 nested runs at once; the whole tree's spend stays within max_budget_usd; the rest "
@@ -121,7 +121,6 @@ def test_a_storm_of_nested_runs_stays_within_the_budget(attack_run, scripted, fi
     assert sum(outcomes.values()) == n, run.findings or run.result.errors
     assert m.total_cost_usd <= budget, f.observed
     assert peak <= 2, f.observed
-    assert any("max_budget_usd" in k for k in outcomes) or m.total_cost_usd < budget, outcomes
 
 
 # -- root calls whose usage cannot be read --------------------------------------------------------
@@ -156,7 +155,7 @@ def _huge_answer(body: dict) -> dict | str:
 @pytest.mark.parametrize("variant", ["answer over 8 MiB", "timed out and retried", "stream cut short"])
 def test_root_calls_whose_usage_cannot_be_read_are_charged(attack_run, scripted, finding, variant):
     f = finding(
-        "money", f"root call with an unreadable usage: {variant}",
+        "broker", f"root call with an unreadable usage: {variant}",
         tried={"answer over 8 MiB": "POST /v1/messages for claude-opus-4-1 whose JSON answer is 9 MiB (the usage "
                                     "reader stops at 8 MiB)",
                "timed out and retried": "POST /v1/messages for claude-opus-4-1 that the upstream stalls past "
@@ -217,7 +216,7 @@ CONVERSE_MODEL = "us.anthropic.claude-opus-4-1-20250805-v1:0"
 
 def test_bedrock_converse_answers_are_charged(docker_image, make_config, finding, monkeypatch):
     f = finding(
-        "money", "Bedrock Converse: usage in camelCase",
+        "broker", "Bedrock Converse: usage in camelCase",
         tried="on a Bedrock upstream, 3 calls to POST /model/<opus id>/converse (answers report inputTokens/"
               "outputTokens, not input_tokens)",
         expected="each Converse answer that reaches the upstream is charged at least its reported usage "
