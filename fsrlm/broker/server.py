@@ -51,7 +51,8 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds
 ROOT_CONCURRENCY = 4  # root-model calls in flight at once (the CLI makes one at a time)
 MAX_CONNECTIONS = 256  # plus 2 per subcall slot: open sockets the sandbox may hold (connections.py)
 ROOT_SCRIPT = "(root agent)"
-UNREAD_USAGE = "the answer's usage could not be read (cut short, too big or of an unknown shape): charged its reservation"
+UNREAD_USAGE = ("the answer's usage could not be read (cut short, too big or of an unknown shape): "
+                "charged its reservation")
 SETTLE_WAIT_SECONDS = 5.0  # Broker.stop: how long cancelled handlers get to settle their calls themselves
 # Response headers worth passing back to the CLI.
 _PASS_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "anthropic-ratelimit-requests-remaining")

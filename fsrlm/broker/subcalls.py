@@ -154,7 +154,8 @@ class SubcallService:
             message, usage = await self._upstream_call(path, data, metered)
         except LimitExceeded as e:  # the budget cannot hold this call's worst case (or one more attempt)
             self.ledger.release(slot)
-            self._record(script, model, "refused", started, cost=metered.charged_usd, limit=e.limit, error=str(e), **record)
+            self._record(script, model, "refused", started, cost=metered.charged_usd, limit=e.limit, error=str(e),
+                         **record)
             raise
         except UpstreamError as e:
             self.ledger.release(slot)
