@@ -34,8 +34,6 @@ MAX_JSON_BYTES = 8 * _MAX_LINE  # a JSON answer read for its usage; a bigger one
 OVERHEAD_TOKENS = 1_000
 IMAGE_TOKENS = 1_600
 DOCUMENT_TOKENS = 100 * (IMAGE_TOKENS + 3_000)
-# A Claude model's context without the 1M-context beta: the API refuses (and does not bill) a longer prompt.
-STANDARD_CONTEXT_TOKENS = 200_000
 # max_tokens when a request names none (Bedrock Converse makes it optional): the largest output
 # any Claude model can give (128k with the output-128k beta).
 DEFAULT_MAX_OUTPUT_TOKENS = 128_000

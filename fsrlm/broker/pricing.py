@@ -26,7 +26,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
-from fsrlm.broker.accounting import STANDARD_CONTEXT_TOKENS, Usage
+from fsrlm.broker.accounting import Usage
 from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class _Rates:
     cache_write_1h: Tiered
     cache_read: Tiered
     output: Tiered
+    context_window: int | None = None  # the most input the model accepts, as the table says
 
     def cost(self, usage: Usage) -> float:
         write = usage.cache_creation_input_tokens
@@ -90,15 +91,17 @@ def _table_price(model: str, provider: str | None) -> _Rates | None:
 
     for provider_id in dict.fromkeys((provider, None)):  # the upstream's provider first, then any
         try:
-            price = calc_price(TableUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id).model_price
+            found = calc_price(TableUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id)
         except LookupError:
             continue
+        price = found.model_price
         base = _tiered(price.input_mtok, (0.0, ()))
         write = _tiered(price.cache_write_mtok, _scaled(base, CACHE_WRITE_5M))
         return _Rates(input=base, cache_write=write,
                       cache_write_1h=_tiered(price.cache_write_1h_mtok, _scaled(base, CACHE_WRITE_1H)),
                       cache_read=_tiered(price.cache_read_mtok, _scaled(base, CACHE_READ)),
-                      output=_tiered(price.output_mtok, (0.0, ())))
+                      output=_tiered(price.output_mtok, (0.0, ())),
+                      context_window=found.model.context_window)
     return None
 
 
@@ -142,11 +145,10 @@ class Pricer:
         return max(plain, self.cost(model, written))
 
     def context_tokens(self, model: str, *, long_context: bool) -> int | None:
-        """The most input a model accepts, when the broker knows it: a Claude model the table prices takes
-        200k tokens unless the request carries the 1M-context beta. ``None``: no known cap."""
-        if long_context or model in self.prices or _table_price(model, self.provider) is None:
-            return None
-        return STANDARD_CONTEXT_TOKENS if "claude" in model.lower() else None
+        """The most input a model accepts, when the broker knows it: the table's context window (a longer
+        prompt is refused, unbilled), unless the request asks for the 1M-context beta. ``None``: no known cap."""
+        table = None if long_context or model in self.prices else _table_price(model, self.provider)
+        return table.context_window if table is not None else None
 
 
 def _own_cost(p: ModelPrice, usage: Usage) -> float:

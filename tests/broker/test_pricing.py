@@ -10,7 +10,6 @@ from fsrlm.broker.accounting import (
     DOCUMENT_TOKENS,
     IMAGE_TOKENS,
     OVERHEAD_TOKENS,
-    STANDARD_CONTEXT_TOKENS,
     Usage,
     UsageSniffer,
     input_ceiling,
@@ -129,17 +128,18 @@ def test_request_terms_and_the_input_ceiling() -> None:
     assert (terms.model, terms.max_tokens, terms.images, terms.documents, terms.cache) == (
         "claude-opus-4-1", 900, 1, 1, "1h")  # an escaped "image" is still an image
     assert input_ceiling(len(body), terms) == len(body) + OVERHEAD_TOKENS + IMAGE_TOKENS + DOCUMENT_TOKENS
-    assert input_ceiling(10 ** 7, terms, STANDARD_CONTEXT_TOKENS) == STANDARD_CONTEXT_TOKENS
+    assert input_ceiling(10 ** 7, terms, 200_000) == 200_000
     converse = request_terms(b'{"messages": [], "inferenceConfig": {"maxTokens": 77}}')
     assert converse.max_tokens == 77 and converse.cache == "none"
     deep = b'{"model": "x", "m": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert request_terms(deep).model is None  # unparsable: priced as an unknown model
 
 
-def test_the_context_cap_applies_to_claude_models_the_table_knows() -> None:
+def test_the_context_cap_is_the_tables_context_window() -> None:
     pricer = Pricer(upstream_type="anthropic")
-    assert pricer.context_tokens("claude-sonnet-4-5", long_context=False) == STANDARD_CONTEXT_TOKENS
-    assert pricer.context_tokens("claude-sonnet-4-5", long_context=True) is None
+    assert pricer.context_tokens("claude-sonnet-4-5", long_context=False) == 200_000
+    assert pricer.context_tokens("claude-sonnet-4-5", long_context=True) is None  # the 1M beta lifts it
+    assert pricer.context_tokens("claude-opus-4-6", long_context=False) == 1_000_000  # 1M natively
     assert pricer.context_tokens("my-gateway-model", long_context=False) is None
 
 
