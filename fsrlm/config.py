@@ -56,6 +56,30 @@ OTHER_ENV_VARIABLES = frozenset({
     "FSRLM_SCRIPT_MEMORY_KB", "FSRLM_SCRIPT_PROCESSES",  # gVisor limits read by the sandbox's agent shell
 })
 _UPSTREAM_ENV = ("base_url", "api_key", "aws_region")
+# Settings that are tables: their FSRLM_* variable holds JSON (FSRLM_PRICES='{"my-model": {...}}').
+_JSON_FIELDS = ("prices", "unknown_model_price")
+
+
+class ModelPrice(BaseModel):
+    """A model's list price in US dollars per million tokens (``prices`` and ``unknown_model_price``).
+
+    Cache prices default to Anthropic's multipliers of the input price: writes 1.25x
+    (5-minute cache) and 2x (1-hour cache), reads 0.1x.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_1h_per_mtok: float | None = Field(default=None, ge=0)
+    cache_read_per_mtok: float | None = Field(default=None, ge=0)
+
+
+# What a model that neither ``prices`` nor the maintained table (genai-prices) knows is charged:
+# the dearest Claude list price (Opus 4.0/4.1), so a gateway's or local server's name never
+# under-counts the budget. A local model that costs nothing: set its price to 0 in ``prices``.
+DEFAULT_UNKNOWN_MODEL_PRICE = ModelPrice(input_per_mtok=15.0, output_per_mtok=75.0)
 
 
 class UpstreamConfig(BaseModel):
@@ -91,7 +115,16 @@ class RLMConfig(BaseModel):
     max_budget_usd: float | None = Field(default=DEFAULT_BUDGET_USD, gt=0,
                                          description='root + subcalls; None (or "none") for no cap')
     subcall_concurrency: int = Field(default=8, gt=0, le=256)
+    max_concurrent_nested: int = Field(default=2, gt=0, le=64,
+                                       description="rlm_query runs at once across the whole tree of runs")
     submodel: str = "claude-haiku-4-5"
+
+    # Prices (the broker's own; the CLI's figures are guesses for names it does not know).
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="per model name, dollars per million tokens; win over the maintained table")
+    unknown_model_price: ModelPrice = Field(
+        default_factory=lambda: DEFAULT_UNKNOWN_MODEL_PRICE.model_copy(),
+        description="charged for a model that neither prices nor the maintained table knows")
 
     # Root agent.
     root_model: str = "claude-sonnet-4-5"
@@ -221,7 +254,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name in _scalar_fields():
         value = env.get(ENV_PREFIX + name.upper())
         if value is not None and value != "":
-            out[name] = value
+            out[name] = json.loads(value) if name in _JSON_FIELDS else value
     executor = env.get("FSRLM_EXECUTOR")
     if executor:
         out["executor"] = json.loads(executor) if executor.lstrip().startswith("{") else {"type": executor}
@@ -349,7 +382,8 @@ def collect_sources(
     try:
         data = merge_settings(data, _env_overrides(env))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM hold invalid JSON: {e}") from None
+        raise ConfigError(f"FSRLM_EXECUTOR / FSRLM_UPSTREAM / FSRLM_PRICES / FSRLM_UNKNOWN_MODEL_PRICE hold "
+                          f"invalid JSON: {e}") from None
     isolation = env.get("FSRLM_ISOLATION")
     if isolation:  # the sandbox's kernel, for whichever container executor the config names (not for local)
         executor = data.get("executor")

@@ -12,7 +12,8 @@ measured against the scripted model), then 10 to 20 turns with prompt caching.
 
 Tokens per byte depend on the text: about 4 bytes per token for English prose,
 about 3 for logs, code and JSON. ``low`` takes the cheap end of every range,
-``high`` the dear end. Prices are the broker's list prices (``broker.pricing``).
+``high`` the dear end. Prices are the broker's (``broker.pricing``: the configuration's
+``prices``, then genai-prices' table, then ``unknown_model_price``), below any long-context tier.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 
 from pydantic import BaseModel
 
-from fsrlm.broker.pricing import price_for
+from fsrlm.broker.pricing import Pricer, list_price
 from fsrlm.config import RLMConfig
 
 MB = 1_000_000  # the table's unit: decimal megabytes
@@ -56,11 +57,15 @@ class Estimate(BaseModel):
         return self.subcall_usd[1] + self.root_usd[1]
 
 
+def _pricer(config: RLMConfig) -> Pricer:
+    return Pricer(config.prices, config.unknown_model_price, upstream_type=config.upstream.type)
+
+
 def _one_pass(size: int, config: RLMConfig, bytes_per_token: float, answer_tokens: int) -> tuple[int, float]:
     chunk = max(SKILL_CHUNK_BYTES, math.ceil(size / config.max_subcalls_per_script))
     chunk = min(chunk, int(SUBMODEL_CONTEXT_TOKENS * CHUNK_SHARE_OF_CONTEXT * bytes_per_token))
     calls = max(1, math.ceil(size / chunk))
-    price = price_for(config.effective_submodel)
+    price = list_price(config.effective_submodel, _pricer(config))
     input_tokens = size / bytes_per_token + calls * INSTRUCTION_TOKENS
     usd = (input_tokens * price.input_per_mtok + calls * answer_tokens * price.output_per_mtok) / 1_000_000
     return calls, usd
@@ -68,7 +73,7 @@ def _one_pass(size: int, config: RLMConfig, bytes_per_token: float, answer_token
 
 def root_cost(config: RLMConfig, turns: int, growth: int, output: int) -> float:
     """One run of the root agent with prompt caching: the first request written, each turn's context read."""
-    price = price_for(config.effective_root_model)
+    price = list_price(config.effective_root_model, _pricer(config))
     tokens = ROOT_FIRST_REQUEST_TOKENS * CACHE_WRITE
     for turn in range(1, turns):
         tokens += (ROOT_FIRST_REQUEST_TOKENS + turn * growth) * CACHE_READ + growth * CACHE_WRITE

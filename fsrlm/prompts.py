@@ -18,7 +18,7 @@ current directory (the workspace); read .claude/CLAUDE.md for the full workflow.
   output/answer.md. The run ends when you stop; output/answer.md is what the user gets.
 - Limits are enforced outside the sandbox: {max_scripts} scripts, {max_subcalls_per_script}
   subcalls per script, {max_total_subcalls} subcalls in all, {max_tokens_per_subcall} output tokens
-  per subcall, nested rlm_query depth {max_depth}{budget}. A refused call raises
+  per subcall, nested rlm_query depth {max_depth} (at most {max_concurrent_nested} at once){budget}. A refused call raises
   llm_client.BudgetExceeded: adapt (bigger chunks, fewer calls) rather than retrying.
 - There is no network access apart from these model calls."""
 

@@ -64,7 +64,7 @@ class RunMetrics(BaseModel):
                 elif r.status == "cached":
                     m.subcalls_cached += 1
                 elif r.status == "refused":
-                    m.subcalls_refused += 1
+                    m.subcalls_refused += r.count  # a refusal summary stands for many (audit.py)
                 else:
                     m.subcalls_failed += 1
         m.scripts = len(scripts)

@@ -101,6 +101,8 @@ def limits_of(config: RLMConfig) -> RunLimits:
         max_tokens_per_subcall=config.max_tokens_per_subcall,
         max_budget_usd=config.max_budget_usd,
         max_depth=config.max_depth,
+        max_concurrent_nested=config.max_concurrent_nested,
+        nested_wait_seconds=config.timeout_seconds,  # a waiting rlm_query never outlives its run
     )
 
 
@@ -259,6 +261,7 @@ async def _execute(
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
             socket=slot.socket if slot is not None else None,  # mounted in the warm sandbox already
+            prices=config.prices, unknown_model_price=config.unknown_model_price,
         ),
         depth=depth, shared=shared, nested_runner=nested, on_record=on_record, on_retry=events.upstream_retry,
     )
@@ -350,10 +353,7 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
     errors.extend(broker.fatal_errors)
     if broker.fatal_errors:
         stop = "upstream_error"
-    for record in broker.records:
-        failed = record.status == "refused" or (record.status == "error" and stop != "completed")
-        if failed and record.error and f"{record.script}: {record.error}" not in errors:
-            errors.append(f"{record.script}: {record.error}")
+    errors.extend(_record_errors(broker.records, stop, seen=set(errors)))
     answer = ws.read("output/answer.md", MAX_ANSWER_BYTES)
     if stop == "completed" and not (answer and answer.strip()):
         refused = sorted({r.limit for r in broker.records if r.status == "refused" and r.limit})
@@ -379,6 +379,30 @@ def _result(config: RLMConfig, ws: Workspace, broker: Broker, events: EventLog, 
         ws.remove()  # and the runs nested under it
         result.forget_workspaces()
     return result
+
+
+MAX_RECORD_ERRORS = 50  # distinct call errors copied into result.errors; the rest are counted
+
+
+def _record_errors(records, stop: StopReason, *, seen: set[str]) -> list[str]:
+    """The distinct errors of refused and failed calls, in order, once each (a set: linear in the records)."""
+    out: list[str] = []
+    more = 0
+    for record in records:
+        failed = record.status == "refused" or (record.status == "error" and stop != "completed")
+        if not (failed and record.error):
+            continue
+        line = f"{record.script}: {record.error}"
+        if line in seen:
+            continue
+        seen.add(line)
+        if len(out) < MAX_RECORD_ERRORS:
+            out.append(line)
+        else:
+            more += 1
+    if more:
+        out.append(f"... and {more} more distinct call errors (state/subcalls.jsonl)")
+    return out
 
 
 async def _poll_artifacts(events: EventLog, interval: float = 0.5) -> None:

@@ -133,6 +133,10 @@ def node_tmp(tmp_path: Path) -> Path:
     return folder
 
 
+SCRIPTED_PRICES = {"scripted-root": {"input_per_mtok": 0.3, "output_per_mtok": 1.5},
+                   "scripted-sub": {"input_per_mtok": 3.0, "output_per_mtok": 15.0}}
+
+
 @pytest.fixture
 def scripted() -> Iterator[ScriptedModelServer]:
     """A fresh scripted Anthropic-compatible model on a loopback port."""
@@ -239,6 +243,9 @@ def make_config(scripted: ScriptedModelServer, tmp_path: Path) -> Callable[..., 
             "root_model": "scripted-root",
             "submodel": "scripted-sub",
             "timeout_seconds": 120,
+            # Names no price table knows, priced as a gateway's would be (else the dear unknown-model price):
+            # the root cheap enough that its reservations (32k max_tokens a call) fit small test budgets.
+            "prices": SCRIPTED_PRICES,
         }
         data.update(overrides)
         return RLMConfig.model_validate(data)

@@ -20,7 +20,7 @@ from fsrlm.executors.configs import (
 from fsrlm.executors.registry import create_executor, executor_names
 from pydantic import BaseModel, ValidationError
 
-from fsrlm.config import RLMConfig, build_config, load_config
+from fsrlm.config import ModelPrice, RLMConfig, build_config, load_config
 from fsrlm.errors import ConfigError
 
 # One valid FSRLM_<FIELD> string per RLMConfig field, and what it must become.
@@ -44,6 +44,11 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "preserve_workspace": ("true", True),
     "cache_responses": ("false", False),
     "cache_dir": ("/tmp/fsrlm-cache", Path("/tmp/fsrlm-cache")),
+    "max_concurrent_nested": ("5", 5),
+    "prices": ('{"my-model": {"input_per_mtok": 0.5, "output_per_mtok": 2}}',
+               {"my-model": ModelPrice(input_per_mtok=0.5, output_per_mtok=2)}),
+    "unknown_model_price": ('{"input_per_mtok": 30, "output_per_mtok": 150}',
+                            ModelPrice(input_per_mtok=30, output_per_mtok=150)),
 }
 SCALAR_FIELDS = sorted(set(RLMConfig.model_fields) - {"executor", "upstream"})
 

@@ -8,8 +8,8 @@ authorises calls against *this run's* limits and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,17 +20,23 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fsrlm.broker.accounting import UsageSniffer
+from fsrlm.broker.accounting import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    RequestTerms,
+    UsageSniffer,
+    input_ceiling,
+    request_terms,
+)
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
 from fsrlm.broker.connections import limit_connections
 from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
-from fsrlm.broker.limits import RunLedger, RunLimits, SharedLedger
-from fsrlm.broker.pricing import cost_usd
+from fsrlm.broker.limits import MeteredCall, RunLedger, RunLimits, SharedLedger
+from fsrlm.broker.pricing import Pricer
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
-from fsrlm.config import UpstreamConfig
+from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice, UpstreamConfig
 from fsrlm.errors import (
     InputError,
     LimitExceeded,
@@ -45,6 +51,9 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds
 ROOT_CONCURRENCY = 4  # root-model calls in flight at once (the CLI makes one at a time)
 MAX_CONNECTIONS = 256  # plus 2 per subcall slot: open sockets the sandbox may hold (connections.py)
 ROOT_SCRIPT = "(root agent)"
+UNREAD_USAGE = ("the answer's usage could not be read (cut short, too big or of an unknown shape): "
+                "charged its reservation")
+SETTLE_WAIT_SECONDS = 5.0  # Broker.stop: how long cancelled handlers get to settle their calls themselves
 # Response headers worth passing back to the CLI.
 _PASS_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "anthropic-ratelimit-requests-remaining")
 
@@ -62,6 +71,8 @@ class BrokerSettings(BaseModel):
     subcall_concurrency: int = Field(gt=0)
     retry_base_wait: float = 0.5
     socket: BrokerSocket | None = None  # made ahead of time (a warm sandbox mounts it); default: made at start
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)  # RLMConfig.prices
+    unknown_model_price: ModelPrice = DEFAULT_UNKNOWN_MODEL_PRICE
 
 
 NestedRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -84,7 +95,8 @@ class Broker:
         on_retry: OnRetry | None = None,
     ) -> None:
         self.settings = settings
-        self.ledger = RunLedger(limits=settings.limits, depth=depth, shared=shared or SharedLedger())
+        pricer = Pricer(settings.prices, settings.unknown_model_price, upstream_type=settings.upstream.type)
+        self.ledger = RunLedger(limits=settings.limits, depth=depth, shared=shared or SharedLedger(), pricer=pricer)
         self.audit = AuditLog(settings.workspace, on_record)
         self.nested_runner = nested_runner
         self.on_retry = on_retry
@@ -141,15 +153,29 @@ class Broker:
         return self._tcp_port
 
     async def stop(self) -> None:
+        """Stop serving; return once every call this broker started is settled (charged) in the ledger."""
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # handlers get shutdown_timeout to finish, then are cancelled
             self._runner = None
+        await self._settle_in_flight()
+        self.audit.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+    async def _settle_in_flight(self) -> None:
+        """Let cancelled handlers settle their own calls (their ``finally``), then charge what is left in full."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_WAIT_SECONDS
+        while self.ledger.unsettled and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        charged = self.ledger.settle_open()
+        if charged:
+            logger.warning("broker %s stopped with calls in flight: charged their reservations ($%.4f)",
+                           self.settings.run_id, charged)
 
     async def __aenter__(self) -> Broker:
         await self.start()
@@ -228,7 +254,15 @@ class Broker:
             raise
         if self.nested_runner is None:
             raise LimitExceeded("nested runs are not available in this broker", limit="max_depth")
-        result = await self.nested_runner(payload.prompt, payload.context)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.ledger.nested_slot())  # max_concurrent_nested
+                self.ledger.check_budget()  # the budget may have run out while this call waited for its slot
+            except LimitExceeded as e:
+                self.audit.add(CallRecord(kind="rlm_query", script=script, model=self.settings.submodel,
+                                          status="refused", limit=e.limit, error=str(e)))
+                raise
+            result = await self.nested_runner(payload.prompt, payload.context)
         self.audit.add(CallRecord(kind="rlm_query", script=script, model=self.settings.submodel,
                                   status="ok" if result.get("success") else "error",
                                   latency_ms=round((time.perf_counter() - started) * 1000, 3)))
@@ -246,8 +280,20 @@ class Broker:
             return await self._root_call_in_slot(request, data)
 
     async def _root_call_in_slot(self, request: web.Request, data: bytes) -> web.StreamResponse:
-        model = request.match_info.get("model_id") or _model_of(data) or "unknown"
+        terms = _root_terms(data)
+        model = request.match_info.get("model_id") or terms.model or "unknown"
         started = time.perf_counter()
+        long_context = "context-1m" in request.headers.get("anthropic-beta", "") or b"context-1m" in data
+        context = self.ledger.pricer.context_tokens(model, long_context=long_context)
+        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context),
+                              terms.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS, root=True, cache=terms.cache)
+        try:
+            return await self._metered_root_call(request, data, model, started, metered)
+        finally:
+            metered.close()  # cancelled or failed before the answer was read: charged its reservation
+
+    async def _metered_root_call(self, request: web.Request, data: bytes, model: str, started: float,
+                                 metered: MeteredCall) -> web.StreamResponse:
         try:
             self.ledger.check_budget()
         except LimitExceeded as e:
@@ -256,15 +302,19 @@ class Broker:
         upstream = self._upstream
         try:
             response = await with_retries(
-                lambda: upstream.request("POST", request.path_qs, dict(request.headers), data),
+                lambda: metered.attempt(
+                    lambda: upstream.request("POST", request.path_qs, dict(request.headers), data)),
                 max_retries=self.settings.upstream.max_retries,
                 base_wait=self.settings.retry_base_wait,
                 retry_connect=lambda: upstream.answered,
                 on_retry=self.on_retry,
             )
+        except LimitExceeded as e:  # the budget cannot hold this call's worst case (or one more attempt)
+            self._root_record(model, "refused", started, cost=metered.charged_usd, error=str(e), limit=e.limit)
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             message = f"the model API at {upstream.base_url} is unreachable: {root_cause(e)}"
-            self._root_record(model, "error", started, error=message)
+            self._root_record(model, "error", started, cost=metered.charged_usd, error=message)
             return error_response(502, "upstream_error", message)
 
         out = web.StreamResponse(status=response.status)
@@ -283,15 +333,19 @@ class Broker:
             error = f"stream interrupted: {e!r}"
         finally:
             response.release()
-        usage = sniffer.finish()
-        cost = cost_usd(model, usage.input_tokens, usage.output_tokens,
-                        usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
-        self.ledger.charge(cost, root=True)
+            # Settled here, in the finally: a stream cut short, or a handler cancelled mid-stream, is charged
+            # its reservation. An error status was charged nothing when it arrived (MeteredCall.attempt).
+            usage = sniffer.finish() if error is None else None
+            cost = metered.finish(usage)
         if response.status in (401, 403):
             self._fatal(f"The model API rejected the broker's credentials (HTTP {response.status}).")
         status = "ok" if response.status == 200 and error is None else "error"
+        note = None
+        if response.status == 200 and usage is None:
+            note = (error + "; " if error else "") + UNREAD_USAGE
+        usage = usage or sniffer.usage
         self._root_record(model, status, started, usage.input_tokens, usage.output_tokens, cost,
-                          error=error or (None if response.status == 200 else f"HTTP {response.status}"))
+                          error=note or error or (None if response.status == 200 else f"HTTP {response.status}"))
         if error is not None and request.transport is not None:
             request.transport.abort()  # show the client a cut stream, not a clean (false) end
         return out
@@ -312,10 +366,8 @@ class _RlmQuery(BaseModel):
     context: str = ""
 
 
-def _model_of(data: bytes) -> str | None:
-    try:
-        value = json.loads(data).get("model")
-    except (ValueError, AttributeError, RecursionError):  # RecursionError: absurdly nested JSON
-        return None
-    return value if isinstance(value, str) else None
+def _root_terms(data: bytes) -> RequestTerms:
+    """Model, max_tokens and media of a root request, for its reservation (the request policy's parsed
+    request takes this place when it lands)."""
+    return request_terms(data)
 

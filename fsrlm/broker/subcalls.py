@@ -5,9 +5,11 @@ Order of operations, which the tests pin down:
 1. validate the request (400) and fill in the run's submodel and token cap;
 2. look in the cache — a hit is answered at once, free, never refused;
 3. reserve a slot with the ledger (403 ``limit_exceeded`` when a cap is hit);
-4. call the upstream (bounded by ``subcall_concurrency``, the budget checked again once a
-   slot is free, retried by tenacity);
-5. charge the broker's own price, store in the cache, mirror into the workspace.
+4. call the upstream (bounded by ``subcall_concurrency``, retried by tenacity); once a slot is
+   free, every attempt reserves its worst case in the ledger first (refused when the budget
+   cannot hold it) and is settled when its answer is read (``limits.MeteredCall``);
+5. charge the broker's own price (an answer whose usage cannot be read: its reservation),
+   store in the cache, mirror into the workspace.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fsrlm.broker.accounting import usage_from_message
+from fsrlm.broker.accounting import Usage, input_ceiling, read_usage, terms_of
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
-from fsrlm.broker.limits import RunLedger
-from fsrlm.broker.pricing import cost_usd
+from fsrlm.broker.limits import MeteredCall, RunLedger
 from fsrlm.broker.upstreams import Upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
 from fsrlm.errors import (
@@ -138,26 +139,32 @@ class SubcallService:
             return SubcallAnswer(cached=True, cost_usd=0.0, **hit.model_dump(exclude={"cost_usd"}))
 
         try:
-            reservation = self.ledger.reserve_subcall(script)
+            slot = self.ledger.reserve_subcall(script)
         except LimitExceeded as e:
             self._record(script, model, "refused", started, limit=e.limit, error=str(e), **record)
             raise
 
+        path, payload = self.upstream.subcall_target(body)
+        data = json.dumps(payload).encode()
+        terms = terms_of(payload)
+        context = self.ledger.pricer.context_tokens(model, long_context=False)  # subcalls never ask for 1M
+        metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context), body["max_tokens"],
+                              root=False, cache=terms.cache)
         try:
-            message = await self._upstream_call(body)
-        except LimitExceeded as e:  # the budget ran out while this call waited for a slot
-            self.ledger.release(reservation)
-            self._record(script, model, "refused", started, limit=e.limit, error=str(e), **record)
+            message, usage = await self._upstream_call(path, data, metered)
+        except LimitExceeded as e:  # the budget cannot hold this call's worst case (or one more attempt)
+            self.ledger.release(slot)
+            self._record(script, model, "refused", started, cost=metered.charged_usd, limit=e.limit, error=str(e),
+                         **record)
             raise
         except UpstreamError as e:
-            self.ledger.release(reservation)
-            self._record(script, model, "error", started, error=str(e), **record)
+            self.ledger.release(slot)
+            self._record(script, model, "error", started, cost=metered.charged_usd, error=str(e), **record)
             raise
+        finally:
+            metered.close()  # cancelled or failed before the answer was read: charged its reservation
 
-        usage = usage_from_message(message)
-        cost = cost_usd(model, usage.input_tokens, usage.output_tokens,
-                        usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
-        self.ledger.charge(cost, root=False)
+        cost = metered.charged_usd
         entry = CachedResponse(
             text=response_text(message),
             model=message.get("model") or model,
@@ -171,9 +178,8 @@ class SubcallService:
         self._record(script, model, "ok", started, usage.input_tokens, usage.output_tokens, cost, **record)
         return SubcallAnswer(cached=False, **entry.model_dump())
 
-    async def _upstream_call(self, body: dict[str, Any]) -> dict[str, Any]:
-        path, payload = self.upstream.subcall_target(body)
-        data = json.dumps(payload).encode()
+    async def _upstream_call(self, path: str, data: bytes, metered: MeteredCall) -> tuple[dict[str, Any], Usage]:
+        """The answer and its usage; the money of every attempt goes through ``metered``."""
         headers = {"content-type": "application/json", "accept": "application/json"}
 
         async def attempt() -> aiohttp.ClientResponse:
@@ -186,12 +192,11 @@ class SubcallService:
             return response
 
         async with self._slots:
-            # Checked again once a slot is free: calls queued behind the slots were all admitted while
-            # nothing was charged yet, so without this a burst could overrun the budget without bound.
-            self.ledger.check_budget()
+            # Each attempt reserves its worst case once a slot is free (calls queued behind the slots were all
+            # admitted while nothing was held yet): a burst cannot hold more than the budget.
             try:
                 response = await with_retries(
-                    attempt,
+                    lambda: metered.attempt(attempt),
                     max_retries=self.max_retries,
                     base_wait=self.retry_base_wait,
                     retry_connect=lambda: self.upstream.answered,
@@ -213,11 +218,14 @@ class SubcallService:
             raise cls(f"model API answered {response.status}: {detail}", status=response.status)
         try:
             message = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
+            metered.finish(None)
             raise UpstreamError("model API answered with invalid JSON") from None
+        usage = read_usage(message)
+        metered.finish(usage)  # None: an answer without a usage we can read is charged its reservation
         if not isinstance(message, dict):
             raise UpstreamError("model API answered with an unexpected JSON shape")
-        return message
+        return message, usage or Usage()
 
     def _mirror(self, key: str, data: bytes) -> None:
         """Copy a cache entry into the workspace for inspection (never read back)."""

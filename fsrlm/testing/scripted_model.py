@@ -11,7 +11,7 @@ SSE when the body says ``"stream": true``:
 
 With ``bedrock=BedrockCredentials(...)`` it also speaks AWS Bedrock's runtime API
 (``/model/<id>/invoke``, ``/model/<id>/invoke-with-response-stream`` as AWS event
-streams), refusing requests whose SigV4 signature does not verify
+streams, and ``/model/<id>/converse`` with Converse's camelCase usage), refusing requests whose SigV4 signature does not verify
 (``fsrlm.testing.bedrock``).
 
 Use it synchronously (``with ScriptedModelServer(plan) as srv: srv.url``, the
@@ -312,6 +312,8 @@ class ScriptedModelServer:
         bedrock_action = self._bedrock_action(request, raw)
         if isinstance(bedrock_action, web.Response):
             return bedrock_action
+        if bedrock_action == "converse":
+            return self._converse(body, request.path.strip("/").split("/")[1])
         if bedrock_action is not None:
             body = {**body, "model": request.path.strip("/").split("/")[1],
                     "stream": bedrock_action == "invoke-with-response-stream"}
@@ -340,12 +342,26 @@ class ScriptedModelServer:
         parts = request.path.strip("/").split("/")
         if self.bedrock is None or len(parts) != 3 or parts[0] != "model" or request.method != "POST":
             return None
-        if parts[2] not in ("invoke", "invoke-with-response-stream"):
+        if parts[2] not in ("invoke", "invoke-with-response-stream", "converse"):
             return bedrock_error(404, f"unknown Bedrock action {parts[2]!r}")
         problem = sigv4_problem(request, raw, self.bedrock)
         if problem:
             return bedrock_error(403, f"The request signature we calculated does not match: {problem}")
         return parts[2]
+
+    def _converse(self, body: dict, model: str) -> web.Response:
+        """Bedrock's Converse API: the responder's text, usage in Converse's camelCase."""
+        messages = [{"role": m.get("role"), "content": "".join(b.get("text", "") for b in m.get("content") or []
+                                                              if isinstance(b, dict))}
+                    for m in body.get("messages") or [] if isinstance(m, dict)]
+        answer = self.responder({"model": model, "messages": messages})
+        text = str(answer.get("text", "")) if isinstance(answer, dict) else str(answer)
+        limit = (body.get("inferenceConfig") or {}).get("maxTokens")
+        output = estimate_tokens(text) if not isinstance(limit, int) else min(estimate_tokens(text), limit)
+        usage = {"inputTokens": estimate_tokens(messages), "outputTokens": output}
+        usage["totalTokens"] = usage["inputTokens"] + output
+        return web.json_response({"output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                                  "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 1}})
 
     def _error(self, status: int, message: str, fault: Fault | None = None) -> web.Response:
         headers = {}
@@ -377,7 +393,11 @@ class ScriptedModelServer:
             else:
                 output = str(answer)
             content = [{"type": "text", "text": output}]
-        usage["output_tokens"] = usage["output_tokens"] or estimate_tokens(output)
+        if not usage["output_tokens"]:  # estimated (a responder's own figure is kept as given)
+            usage["output_tokens"] = estimate_tokens(output)
+            limit = body.get("max_tokens")
+            if isinstance(limit, int) and limit > 0:
+                usage["output_tokens"] = min(usage["output_tokens"], limit)  # as a real API: never past max_tokens
         return {
             "id": f"msg_scripted_{self._next_id(self._message_ids):04d}",
             "type": "message",

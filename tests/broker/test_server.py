@@ -230,9 +230,10 @@ async def test_total_cap(start_broker, scripted) -> None:
 
 
 async def test_budget_refusal_after_spend(start_broker, scripted) -> None:
-    b = await start_broker(max_budget_usd=1e-9)
+    b = await start_broker(max_budget_usd=0.01)
     first = await b.subcall("ECHO: spend")
     assert first.status == 200 and first.json["cost_usd"] > 1e-9
+    b.broker.ledger.charge(0.01 - first.json["cost_usd"], root=False)  # the rest spent elsewhere in the tree
     second = await b.subcall("ECHO: more")
     assert second.status == 403
     assert second.error["limit"] == "max_budget_usd"
@@ -245,8 +246,9 @@ async def test_budget_refusal_after_spend(start_broker, scripted) -> None:
     assert root.error["limit"] == "max_budget_usd"
     assert len(scripted.requests) == 1
     budget = await b.budget()
-    assert budget["spent_usd"] == pytest.approx(first.json["cost_usd"], abs=1e-6)
-    assert budget["max_budget_usd"] == 1e-9
+    assert budget["spent_usd"] == pytest.approx(0.01, abs=1e-6)
+    assert budget["reserved_usd"] == 0.0
+    assert budget["max_budget_usd"] == 0.01
 
 
 # -- invalid requests ----------------------------------------------------------------------
@@ -319,7 +321,7 @@ async def test_budget_fields(start_broker) -> None:
     assert await b.budget() == {
         "depth": 0, "max_depth": 2, "subcalls_used": 0, "max_total_subcalls": 9, "script_subcalls_used": 0,
         "max_subcalls_per_script": 7, "scripts_used": 0, "max_scripts": 4, "spent_usd": 0.0,
-        "max_budget_usd": 3.0, "cache_hits": 0,
+        "reserved_usd": 0.0, "max_budget_usd": 3.0, "cache_hits": 0, "nested_running": 0, "max_concurrent_nested": 2,
     }
     await b.subcall("ECHO: a")
     await b.subcall("ECHO: a")

@@ -143,13 +143,14 @@ def test_concurrent_subcalls_cannot_overrun_the_budget(attack_run, scripted, fin
         "broker", "overrun the dollar budget with concurrent subcalls",
         tried="30 expensive subcalls (~$0.22 each) sent at once, with max_budget_usd=0.2 and "
               "subcall_concurrency=2",
-        expected="spend stops within the calls in flight: at most budget + subcall_concurrency calls",
+        expected="the run never spends past the budget (each call's worst case is reserved before it goes "
+                 "upstream); the calls it cannot hold get 403 max_budget_usd",
     )
     scripted.subcall_latency_ms = 1000  # a real model takes seconds: calls overlap
     run = attack_run(BUDGET_RACE, max_budget_usd=0.2, subcall_concurrency=2)
     m = run.result.metrics
     per_call = m.subcall_cost_usd / max(m.subcalls, 1)
-    assert m.total_cost_usd <= 0.2 + 2 * per_call + 0.05, (m.total_cost_usd, run.findings)
+    assert m.total_cost_usd <= 0.2, (m.total_cost_usd, run.findings)
     assert run.findings["results"].get("403 max_budget_usd", 0) > 0
     f.observed = (f"{run.findings['results']}; spent ${m.total_cost_usd:.2f} of $0.20 "
                   f"({m.subcalls} calls of ~${per_call:.3f})")
@@ -159,7 +160,7 @@ ROOT_RACE = CLIENT + """
 from concurrent.futures import ThreadPoolExecutor
 big = "words " * 100000  # ~150k tokens at Sonnet prices: ~$0.45 a call
 def one(i):
-    body = {"model": "scripted-root", "max_tokens": 10, "messages": [{"role": "user", "content": f"{i} {big}"}]}
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": f"{i} {big}"}]}
     return outcome(*call("/v1/messages", body))
 with ThreadPoolExecutor(20) as pool:
     results = Counter(pool.map(one, range(20)))
@@ -175,15 +176,15 @@ def test_concurrent_root_calls_cannot_overrun_the_budget(attack_run, scripted, f
         "broker", "overrun the dollar budget with concurrent root-model calls",
         tried="20 root-model calls (POST /v1/messages, ~$0.45 each) sent at once straight to the broker, "
               "with max_budget_usd=1",
-        expected="at most budget + the root calls in flight (4) are paid; the rest get 403 max_budget_usd",
+        expected="the run never spends past the budget (each call's worst case is reserved before it goes "
+                 "upstream); the rest get 403 max_budget_usd",
     )
     scripted.root_latency_ms = 500  # a real model takes seconds: calls overlap
     run = attack_run(ROOT_RACE, max_budget_usd=1.0)
     m = run.result.metrics
-    per_call = m.root_cost_usd / max(m.root_calls, 1)
     results = run.findings["results"]
     assert results.get("403 max_budget_usd", 0) > 0, results
-    assert m.total_cost_usd <= 1.0 + 4 * 0.5 + 0.1, (m.total_cost_usd, results)
+    assert m.total_cost_usd <= 1.0, (m.total_cost_usd, results)
     f.observed = f"{results}; spent ${m.total_cost_usd:.2f} of $1.00"
 
 

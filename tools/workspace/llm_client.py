@@ -276,8 +276,9 @@ def rlm_query(prompt: str, context: str) -> str:
 def check_budget() -> dict[str, Any]:
     """What is used and what is left: ``subcalls_used``/``max_total_subcalls``,
     ``script_subcalls_used``/``max_subcalls_per_script`` (for this script),
-    ``scripts_used``/``max_scripts``, ``spent_usd``/``max_budget_usd``,
-    ``depth``/``max_depth``, ``cache_hits``."""
+    ``scripts_used``/``max_scripts``, ``spent_usd``/``max_budget_usd`` (``reserved_usd``: held by
+    calls in flight), ``depth``/``max_depth``, ``nested_running``/``max_concurrent_nested``,
+    ``cache_hits``."""
     return _request("GET", "/fsrlm/v1/budget")
 
 
