@@ -10,10 +10,8 @@ import io
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -71,7 +69,7 @@ def _together_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
             all_in.set()
         try:
             await asyncio.wait_for(all_in.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return web.Response(status=504, text="not concurrent")
         return web.Response(text=request.query["i"])
 
@@ -199,21 +197,18 @@ async def test_bad_listen_argument() -> None:
     assert proc.returncode == 2 and b"HOST:PORT" in err
 
 
-async def test_overhead_per_request_is_small(upstream: str) -> None:
-    """A fresh connection per request (as llm_client makes): relay minus direct, median."""
-    async def once(session: aiohttp.ClientSession, url: str) -> float:
-        t0 = time.perf_counter()
+async def test_a_fresh_connection_per_request_round_trips(upstream: str) -> None:
+    """A fresh connection per request (as llm_client makes), 200 times: every answer arrives whole.
+
+    What the relay costs per request is measured by ``make bench`` (the runs section), not here.
+    """
+    async def once(session: aiohttp.ClientSession, url: str) -> bytes:
         async with session.get(url) as r:
-            await r.read()
-        return time.perf_counter() - t0
+            assert r.status == 200
+            return await r.read()
 
     async with _relay(upstream) as url, \
             aiohttp.ClientSession(connector=aiohttp.UnixConnector(upstream, force_close=True)) as direct_s, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as relay_s:
-        direct, relayed = [], []
-        for _ in range(200):  # interleaved, so load on the machine hits both alike
-            direct.append(await once(direct_s, "http://broker/ping"))
-            relayed.append(await once(relay_s, f"{url}/ping"))
-    overhead = statistics.median(relayed) - statistics.median(direct)
-    # client, relay and server share one event loop here, so this over-counts the relay's cost
-    assert overhead < 0.001, (statistics.median(relayed), statistics.median(direct))
+        for _ in range(200):
+            assert await once(relay_s, f"{url}/ping") == await once(direct_s, "http://broker/ping")
