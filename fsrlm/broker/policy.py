@@ -22,7 +22,8 @@ names what was refused and the setting that would allow it):
   ``container``, server tools (any ``tools[]`` entry with a ``type`` other than
   ``custom``), URL and file-id sources anywhere in ``messages`` / ``system`` / tool
   results, the content blocks only those produce;
-* JSON that is not an object, nested deeper than ``MAX_JSON_DEPTH``, or invalid.
+* JSON that is not an object, invalid, nested too deeply to parse, or content blocks nested
+  deeper than ``MAX_CONTENT_DEPTH``.
 
 Clamped: ``max_tokens`` to ``policy.max_root_output_tokens`` (and a thinking budget below
 it). Dropped silently: every header but ``anthropic-version`` and ``anthropic-beta``,
@@ -41,7 +42,7 @@ from urllib.parse import quote
 from fsrlm.config import OUTBOUND_CHANNELS, PolicyConfig
 from fsrlm.errors import PolicyRefused
 
-MAX_JSON_DEPTH = 64  # the CLI's deepest bodies (tool schemas in tool results) are ~12 levels
+MAX_CONTENT_DEPTH = 16  # content blocks within content blocks (tool results, documents); the CLI uses 2
 
 ApiShape = Literal["anthropic", "bedrock"]
 
@@ -115,40 +116,15 @@ RootRequest = ParsedRequest  # the name the accounting code uses for a root call
 
 def load_json(raw: bytes, what: str) -> dict[str, Any]:
     """Parse a request body; refuse (never crash on) invalid, non-object or absurdly nested JSON."""
-    if _too_deep(raw, MAX_JSON_DEPTH):
-        raise PolicyRefused(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(raw)
-    except (ValueError, RecursionError) as e:
+    except RecursionError:  # the C parser gives up on absurd nesting: refuse, do not crash
+        raise PolicyRefused(f"{what}: JSON nested too deeply") from None
+    except ValueError as e:
         raise PolicyRefused(f"{what}: not valid JSON ({str(e)[:80]})") from None
     if not isinstance(value, dict):
         raise PolicyRefused(f"{what}: the body must be a JSON object")
     return value
-
-
-def _too_deep(raw: bytes, limit: int) -> bool:
-    """Bracket depth of ``raw``, counting outside strings, before anything recursive parses it."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False
 
 
 class RequestPolicy:
@@ -210,7 +186,10 @@ class RequestPolicy:
             action = path.rsplit("/", 1)[1]
             new_path = f"/model/{quote(model, safe='')}/{action}"
         stream = body.get("stream") is True or path.endswith("/invoke-with-response-stream")
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            data = json.dumps(body, separators=(",", ":")).encode()  # ASCII: a lone surrogate cannot break it
+        except RecursionError:  # e.g. a tool_use input nested as deep as the parser allowed
+            raise PolicyRefused("root call: JSON nested too deeply") from None
         return ParsedRequest(new_path, model, max_tokens, data, out_headers, stream, body)
 
     def _route(self, method: str, path: str) -> ApiShape:
@@ -255,8 +234,8 @@ class RequestPolicy:
             for i, message in enumerate(messages):
                 if not isinstance(message, dict) or message.get("role") not in _ROLES:
                     raise PolicyRefused(f"messages[{i}] must be an object with role {', '.join(sorted(_ROLES))}")
-                self._check_content(message.get("content"), f"messages[{i}].content")
-        self._check_content(body.get("system"), "system")
+                self._check_content(message.get("content"), f"messages[{i}].content", 0)
+        self._check_content(body.get("system"), "system", 0)
 
     def _check_tool(self, tool: Any) -> None:
         if not isinstance(tool, dict):
@@ -271,15 +250,17 @@ class RequestPolicy:
         if unknown:
             raise PolicyRefused(f"tool fields {unknown} are not forwarded")
 
-    def _check_content(self, content: Any, where: str) -> None:
+    def _check_content(self, content: Any, where: str, depth: int) -> None:
         if content is None or isinstance(content, str):
             return
+        if depth > MAX_CONTENT_DEPTH:
+            raise PolicyRefused(f"{where}: content blocks nested deeper than {MAX_CONTENT_DEPTH} levels")
         if not isinstance(content, list):
             raise PolicyRefused(f"{where} must be a string or a list of content blocks")
         for i, block in enumerate(content):
-            self._check_block(block, f"{where}[{i}]")
+            self._check_block(block, f"{where}[{i}]", depth + 1)
 
-    def _check_block(self, block: Any, where: str) -> None:
+    def _check_block(self, block: Any, where: str, depth: int) -> None:
         if not isinstance(block, dict):
             raise PolicyRefused(f"{where} must be a content block (an object)")
         kind = block.get("type")
@@ -297,13 +278,11 @@ class RequestPolicy:
             if needs is not None:
                 self._need(needs, f"{where}: a {stype!r} source")
             if stype == "content":
-                self._check_content(source.get("content"), f"{where}.source.content")
+                self._check_content(source.get("content"), f"{where}.source.content", depth)
         elif source is not None and kind != "search_result":  # search_result's source is a plain string
             raise PolicyRefused(f"{where}: `source` must be an object")
-        if kind == "tool_result":
-            self._check_content(block.get("content"), f"{where}.content")
-        if kind == "search_result":
-            self._check_content(block.get("content"), f"{where}.content")
+        if kind in ("tool_result", "search_result"):
+            self._check_content(block.get("content"), f"{where}.content", depth)
 
     def _need(self, channel: str, what: str) -> None:
         if channel not in self.outbound:
