@@ -123,7 +123,7 @@ def _leaks(scripted, mark: str = MARK) -> list[str]:
 def test_outbound_channels_are_refused(attack_run, scripted, finding, channel):
     tried, attempt, status, switch = CHANNELS[channel]
     f = finding(
-        "policy", f"the upstream as a way out: {channel}",
+        "request policy", f"the upstream as a way out: {channel}",
         tried=f"from inside the sandbox, with the run token: {tried}",
         expected=f"{status} policy_refused naming " + (f"`{switch}`" if switch else "what the broker forwards")
                  + "; nothing of it reaches the upstream",
@@ -141,7 +141,7 @@ def test_outbound_channels_are_refused(attack_run, scripted, finding, channel):
 
 def test_gateway_routing_headers_are_dropped(attack_run, scripted, finding):
     f = finding(
-        "policy", "the upstream as a way out: gateway routing headers",
+        "request policy", "the upstream as a way out: gateway routing headers",
         tried="a root call with Helicone-Target-Url, X-Forwarded-Host, x-portkey-custom-host, x-portkey-config "
               "and an anthropic-beta value the CLI never sends, all naming an outside host",
         expected="the call is rebuilt with only content-type, anthropic-version and known anthropic-beta values: "
@@ -162,7 +162,7 @@ def test_gateway_routing_headers_are_dropped(attack_run, scripted, finding):
 
 def test_max_tokens_is_clamped(attack_run, scripted, finding):
     f = finding(
-        "policy", "root calls asking for more output than configured",
+        "request policy", "root calls asking for more output than configured",
         tried="a root call with max_tokens=10000000, with policy.max_root_output_tokens=2000",
         expected="the call goes upstream with max_tokens 2000",
     )
@@ -176,7 +176,7 @@ def test_max_tokens_is_clamped(attack_run, scripted, finding):
 
 def test_a_switch_opens_exactly_its_channel(attack_run, scripted, finding):
     f = finding(
-        "policy", "an outbound switch opens only its own channel",
+        "request policy", "an outbound switch opens only its own channel",
         tried='with policy.allow_outbound = ["url_sources"]: an image with a URL source, then the web_fetch tool',
         expected="the URL source goes upstream (the documented channel), the server tool is still refused",
     )
