@@ -215,7 +215,7 @@ def test_concurrent_large_root_requests_do_not_grow_the_orchestrator(attack_run,
     )
     run, growth = peak_rss_growth(lambda: attack_run(FLOOD, timeout_seconds=300))
     results = run.findings["results"]
-    assert growth < 400 * MB, (growth / MB, results)
+    assert growth < 300 * MB, (growth / MB, results)  # 157 MB measured (1,564 MB before the cap)
     assert sum(results.values()) == 40 and set(results) == {"400 policy.allowed_models"}, results
     assert scripted.requests_of("subcall") == []
     f.observed = f"{results}; orchestrator RSS rose {growth / MB:.0f} MB at most"
