@@ -45,7 +45,7 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "cache_responses": ("false", False),
     "cache_dir": ("/tmp/fsrlm-cache", Path("/tmp/fsrlm-cache")),
 }
-SCALAR_FIELDS = sorted(set(RLMConfig.model_fields) - {"executor", "upstream"})
+SCALAR_FIELDS = sorted(set(RLMConfig.model_fields) - {"executor", "upstream", "policy"})  # tables: TOML only
 
 
 def write_toml(path: Path, text: str) -> Path:

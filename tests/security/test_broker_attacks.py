@@ -264,8 +264,8 @@ def test_oversized_and_malformed_requests(attack_run, scripted, finding):
               "and straight to the socket); empty, truncated, non-object, invalid UTF-8, NaN, 1e999, negative, "
               "200 000-deep nested JSON",
         expected="413 request_too_large for every big body (the broker stops reading at 32 MB, its memory stays "
-                 "bounded); 400 for every malformed body (root-call bodies are passed through to the upstream, which "
-                 "judges them), never a 500; the broker keeps serving",
+                 "bounded); 400 for every malformed body (root-call bodies are refused by the broker's request "
+                 "policy, never passed on), never a 500; the broker keeps serving",
     )
     run, growth = peak_rss_growth(lambda: attack_run(BIG_AND_BROKEN, timeout_seconds=180))
     found = run.findings
