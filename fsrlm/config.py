@@ -101,6 +101,45 @@ class UpstreamConfig(BaseModel):
                                                        "accepts a connection (no request is sent)")
 
 
+# What each switch of ``policy.allow_outbound`` lets through. Each one is an outbound channel: the model
+# API fetches, connects or runs code on the agent's behalf, so the network-less sandbox reaches the
+# network through it. Off by default; turn one on only for inputs you trust.
+OUTBOUND_CHANNELS: dict[str, str] = {
+    "server_tools": "server tools such as web_search, web_fetch and code_execution: the API searches, fetches "
+                    "URLs or runs code for the agent",
+    "mcp_servers": "`mcp_servers`: the API connects to MCP servers at URLs the agent names",
+    "url_sources": "image and document `source.url`: the API downloads the URL",
+    "file_sources": "`source.type = \"file\"` (file ids): the API reads files stored in the account, "
+                    "which may be other users' or other runs' data",
+    "container": "`container` and `container_upload`: the API runs code in (or reuses) a hosted container",
+}
+OutboundChannel = Literal["server_tools", "mcp_servers", "url_sources", "file_sources", "container"]
+
+
+class PolicyConfig(BaseModel):
+    """What the broker lets the sandbox ask the model API to do (``fsrlm/broker/policy.py``).
+
+    Requests are parsed and rebuilt, never passed through; anything outside this policy is
+    refused with HTTP 400 ``policy_refused`` naming the setting that would allow it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description="models the agent may call besides root_model and submodel (their Bedrock ids included)")
+    max_root_output_tokens: int = Field(
+        default=64_000, gt=0, le=1_000_000,
+        description="root calls' max_tokens is clamped to this (the CLI asks for 32,000)")
+    allow_outbound: list[OutboundChannel] = Field(
+        default_factory=list,
+        description="outbound channels to open: " + ", ".join(OUTBOUND_CHANNELS) + " (each lets the model "
+                    "API reach the network for the agent; none by default)")
+    extra_betas: list[str] = Field(
+        default_factory=list,
+        description="anthropic-beta values to forward besides the ones the bundled CLI sends")
+
+
 class RLMConfig(BaseModel):
     """Settings of an RLM run. Every field can be set as ``FSRLM_<FIELD>``."""
 
@@ -144,6 +183,7 @@ class RLMConfig(BaseModel):
 
     executor: ExecutorConfig = Field(default_factory=DockerExecutorConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     def __init__(self, /, **data: Any) -> None:
         """Defaults < ``fsrlm.toml`` < ``FSRLM_*`` < ``data``, like the command line; ``ConfigError`` if bad."""
@@ -220,8 +260,11 @@ _EXACT: contextvars.ContextVar[bool] = contextvars.ContextVar("fsrlm_config_exac
 # -- loading -----------------------------------------------------------------
 
 
+_TABLES = frozenset({"executor", "upstream", "policy"})  # nested settings: TOML tables or JSON, not FSRLM_<FIELD>
+
+
 def _scalar_fields() -> list[str]:
-    return sorted(set(RLMConfig.model_fields) - {"executor", "upstream"})
+    return sorted(set(RLMConfig.model_fields) - _TABLES)
 
 
 def setting_env_variables() -> list[str]:
@@ -317,7 +360,7 @@ def format_validation_error(err: ValidationError) -> str:
         got = item.get("input")
         show = got is not None and not isinstance(got, dict | list) and not secret and item["type"] != "extra_forbidden"
         hint = ""
-        if loc and loc[0] in RLMConfig.model_fields and loc[0] not in ("executor", "upstream"):
+        if loc and loc[0] in RLMConfig.model_fields and loc[0] not in _TABLES:
             hint = f"  [env {ENV_PREFIX}{loc[0].upper()}]"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
@@ -334,6 +377,8 @@ def _field_names_at(loc: list[str]) -> list[str]:
         return list(RLMConfig.model_fields)
     if loc[0] == "upstream":
         return list(UpstreamConfig.model_fields)
+    if loc[0] == "policy":
+        return list(PolicyConfig.model_fields)
     if loc[0] == "executor" and len(loc) > 1:
         union = typing.get_args(ExecutorConfig)[0]  # Annotated[Union[...], Field(discriminator="type")]
         for cls in typing.get_args(union):

@@ -7,6 +7,7 @@ once, at the boundary where they happen, with a message that says what to do.
     ├── ConfigError(FsrlmError, ValueError)        bad configuration, before any work starts
     ├── CredentialsError(FsrlmError)               the upstream has no key / AWS credentials
     ├── InputError(FsrlmError, ValueError)         unusable prompt, messages or attachments
+    │   └── PolicyRefused(InputError)              the broker's request policy refused a call from the sandbox
     ├── WorkspaceError(FsrlmError, OSError)        the run folder cannot be made or read
     ├── UpstreamError(FsrlmError)                  the model API answered with an error
     │   ├── UpstreamAuthError(UpstreamError)       401/403 from the model API: not retried
@@ -37,6 +38,20 @@ class CredentialsError(FsrlmError):
 
 class InputError(FsrlmError, ValueError):
     """The prompt, messages or attachments cannot be used."""
+
+
+class PolicyRefused(InputError):
+    """The broker's request policy refused what the sandbox asked the model API to do.
+
+    ``setting`` names the configuration that would allow it (``policy.allowed_models``,
+    ``policy.allow_outbound:<channel>``), or is None when nothing does; ``status`` is the
+    HTTP status the broker answers with (400, or 404 for a path it never forwards).
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.status = status
 
 
 class WorkspaceError(FsrlmError, OSError):

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fsrlm.agent import SandboxTransport, run_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
+from fsrlm.broker.server import LIMIT_STATUS
 from fsrlm.broker.upstreams import check_credentials
 from fsrlm.broker.upstreams.preflight import check_reachable
 from fsrlm.config import RLMConfig
@@ -257,6 +258,7 @@ async def _execute(
     broker = Broker(
         BrokerSettings(
             run_id=ws.run_id, token=token, workspace=ws.root, submodel=config.effective_submodel,
+            root_model=config.effective_root_model, policy=config.policy,
             limits=limits, upstream=config.upstream,
             cache_dir=(config.effective_cache_dir / "llm") if config.cache_responses else None,
             subcall_concurrency=config.subcall_concurrency,
@@ -427,7 +429,7 @@ def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, erro
         detail = "; ".join(result.errors or []) or (result.result or "")
         if result.api_error_status:
             errors.append(f"the model API failed (HTTP {result.api_error_status}): {detail}".strip())
-            return "limit" if result.api_error_status == 403 else "upstream_error"
+            return "limit" if result.api_error_status == LIMIT_STATUS else "upstream_error"
         errors.append(f"the agent stopped with an error ({result.subtype}): {detail}".strip())
         return "error"
     return "completed"

@@ -50,7 +50,7 @@ ENV_VALUES: dict[str, tuple[str, object]] = {
     "unknown_model_price": ('{"input_per_mtok": 30, "output_per_mtok": 150}',
                             ModelPrice(input_per_mtok=30, output_per_mtok=150)),
 }
-SCALAR_FIELDS = sorted(set(RLMConfig.model_fields) - {"executor", "upstream"})
+SCALAR_FIELDS = sorted(set(RLMConfig.model_fields) - {"executor", "upstream", "policy"})  # tables: TOML only
 
 
 def write_toml(path: Path, text: str) -> Path:

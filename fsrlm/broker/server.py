@@ -31,15 +31,18 @@ from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
 from fsrlm.broker.connections import limit_connections
 from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
+from fsrlm.broker.intake import IntakeLimiter
 from fsrlm.broker.limits import MeteredCall, RunLedger, RunLimits, SharedLedger
+from fsrlm.broker.policy import RequestPolicy, RootRequest
 from fsrlm.broker.pricing import Pricer
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
-from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice, UpstreamConfig
+from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice, PolicyConfig, UpstreamConfig
 from fsrlm.errors import (
     InputError,
     LimitExceeded,
+    PolicyRefused,
     UpstreamAuthError,
     UpstreamError,
     root_cause,
@@ -48,6 +51,10 @@ from fsrlm.errors import (
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a whole root conversation fits; hundreds of MB do not
+# Request bodies held at once, across every connection: a body's bytes are reserved before it is read
+# and released when its call is answered, so a flood of big requests waits instead of growing memory.
+MAX_BYTES_IN_FLIGHT = 2 * MAX_REQUEST_BYTES
+BODY_READ_TIMEOUT = 60.0  # seconds to receive a whole body once its reservation is granted
 ROOT_CONCURRENCY = 4  # root-model calls in flight at once (the CLI makes one at a time)
 MAX_CONNECTIONS = 256  # plus 2 per subcall slot: open sockets the sandbox may hold (connections.py)
 ROOT_SCRIPT = "(root agent)"
@@ -65,6 +72,8 @@ class BrokerSettings(BaseModel):
     token: str
     workspace: Path
     submodel: str
+    root_model: str | None = None  # the CLI's model (effective name); the policy allows it and the submodel
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: RunLimits
     upstream: UpstreamConfig
     cache_dir: Path | None  # None: caching off
@@ -78,7 +87,14 @@ class BrokerSettings(BaseModel):
 NestedRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
 
 
+LIMIT_STATUS = 402  # the CLI shows "API Error: 402 <message>" and does not retry (403 reads "Failed to authenticate")
+
+
 def error_response(status: int, kind: str, message: str, limit: str | None = None) -> web.Response:
+    """The broker's one error body: ``{"type": "error", "error": {"type", "message", "limit"}}``.
+
+    ``limit`` names the run limit or the policy setting involved (None when there is none).
+    """
     body = {"type": "error", "error": {"type": kind, "message": message, "limit": limit}}
     return web.json_response(body, status=status)
 
@@ -102,6 +118,9 @@ class Broker:
         self.on_retry = on_retry
         self.fatal_errors: list[str] = []  # e.g. the upstream rejected our credentials
         self._root_slots = asyncio.Semaphore(ROOT_CONCURRENCY)
+        self.policy = RequestPolicy(settings.policy, api="bedrock" if settings.upstream.type == "bedrock" else "anthropic",
+                                    models=[settings.root_model or "", settings.submodel])
+        self._intake = IntakeLimiter(MAX_BYTES_IN_FLIGHT, MAX_REQUEST_BYTES, BODY_READ_TIMEOUT)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._socket: BrokerSocket | None = None
@@ -126,12 +145,13 @@ class Broker:
             )
             self._upstream = upstream
             app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
-            app.router.add_post("/v1/messages", self._root_call)
-            app.router.add_post("/model/{model_id}/{action}", self._root_call)  # Bedrock-mode CLI
             app.router.add_post("/fsrlm/v1/subcall", self._subcall)
             app.router.add_post("/fsrlm/v1/rlm_query", self._rlm_query)
             app.router.add_get("/fsrlm/v1/budget", self._budget)
             app.router.add_get("/fsrlm/v1/health", self._health)
+            # Everything else is a root call for the policy to judge: it forwards only the Messages API
+            # routes of this upstream and answers the rest with a refusal that says so.
+            app.router.add_route("*", "/{tail:.*}", self._root_call)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await self._runner.setup()
             assert self._runner.server is not None
@@ -195,13 +215,16 @@ class Broker:
         if not self._authorised(request):
             return error_response(401, "authentication_error", "missing or wrong run token")
         try:
-            return await handler(request)
+            async with self._intake.body(request):  # the body's bytes reserved, read with a deadline
+                return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request_too_large", f"request larger than {MAX_REQUEST_BYTES} bytes")
         except web.HTTPException as e:
             return error_response(e.status, "invalid_request_error", e.reason)
         except LimitExceeded as e:
-            return error_response(403, "limit_exceeded", str(e), e.limit)
+            return error_response(LIMIT_STATUS, "limit_exceeded", str(e), e.limit)
+        except PolicyRefused as e:
+            return error_response(e.status, "policy_refused", f"fsRLM broker policy: {e}", e.setting)
         except InputError as e:
             return error_response(400, "invalid_request_error", str(e))
         except UpstreamAuthError as e:
@@ -234,7 +257,7 @@ class Broker:
     async def _subcall(self, request: web.Request) -> web.Response:
         assert self._service is not None
         script = (request.headers.get("x-fsrlm-script") or "<unknown>")[:256]
-        req = parse_request(await request.read())
+        req = parse_request(await request.read(), self.policy)
         answer = await self._service.call(script, req)
         return web.json_response(answer.model_dump())
 
@@ -269,30 +292,37 @@ class Broker:
         return web.json_response(result)
 
     async def _root_call(self, request: web.Request) -> web.StreamResponse:
-        """Pass the CLI's model call through unchanged, counting its cost.
+        """Forward the CLI's model call as the policy rebuilt it, counting its cost.
 
         At most ``ROOT_CONCURRENCY`` at once, each checking the budget when its turn
         comes: a burst of root calls from the sandbox overruns the budget by at most
         the calls in flight.
         """
-        data = await request.read()
+        try:
+            call = self.policy.root(request.method, request.raw_path.partition("?")[0], request.query,
+                                    request.headers, await request.read())
+        except PolicyRefused as e:
+            self._root_record("(refused)", "refused", time.perf_counter(), error=str(e), limit=e.setting or "policy")
+            raise
         async with self._root_slots:
-            return await self._root_call_in_slot(request, data)
+            return await self._root_call_in_slot(request, call)
 
-    async def _root_call_in_slot(self, request: web.Request, data: bytes) -> web.StreamResponse:
-        terms = _root_terms(data)
-        model = request.match_info.get("model_id") or terms.model or "unknown"
+    async def _root_call_in_slot(self, request: web.Request, call: RootRequest) -> web.StreamResponse:
+        data = call.body  # the request the policy rebuilt: what goes upstream, and what is reserved for
+        terms = request_terms(data)
+        model = call.model
         started = time.perf_counter()
-        long_context = "context-1m" in request.headers.get("anthropic-beta", "") or b"context-1m" in data
+        long_context = "context-1m" in call.headers.get("anthropic-beta", "")
         context = self.ledger.pricer.context_tokens(model, long_context=long_context)
         metered = MeteredCall(self.ledger, model, input_ceiling(len(data), terms, context),
-                              terms.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS, root=True, cache=terms.cache)
+                              call.max_tokens or terms.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS, root=True,
+                              cache=terms.cache)
         try:
-            return await self._metered_root_call(request, data, model, started, metered)
+            return await self._metered_root_call(request, call, model, started, metered)
         finally:
             metered.close()  # cancelled or failed before the answer was read: charged its reservation
 
-    async def _metered_root_call(self, request: web.Request, data: bytes, model: str, started: float,
+    async def _metered_root_call(self, request: web.Request, call: RootRequest, model: str, started: float,
                                  metered: MeteredCall) -> web.StreamResponse:
         try:
             self.ledger.check_budget()
@@ -302,8 +332,7 @@ class Broker:
         upstream = self._upstream
         try:
             response = await with_retries(
-                lambda: metered.attempt(
-                    lambda: upstream.request("POST", request.path_qs, dict(request.headers), data)),
+                lambda: metered.attempt(lambda: upstream.request("POST", call.path, call.headers, call.body)),
                 max_retries=self.settings.upstream.max_retries,
                 base_wait=self.settings.retry_base_wait,
                 retry_connect=lambda: upstream.answered,
@@ -364,10 +393,4 @@ class _RlmQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)
     context: str = ""
-
-
-def _root_terms(data: bytes) -> RequestTerms:
-    """Model, max_tokens and media of a root request, for its reservation (the request policy's parsed
-    request takes this place when it lands)."""
-    return request_terms(data)
 

@@ -2,9 +2,11 @@
 
 Order of operations, which the tests pin down:
 
-1. validate the request (400) and fill in the run's submodel and token cap;
+1. validate the request (400), check it against the request policy (400 ``policy_refused``: the
+   same model and content rules as root calls, ``fsrlm/broker/policy.py``), fill in the run's
+   submodel and token cap;
 2. look in the cache — a hit is answered at once, free, never refused;
-3. reserve a slot with the ledger (403 ``limit_exceeded`` when a cap is hit);
+3. reserve a slot with the ledger (402 ``limit_exceeded`` when a cap is hit);
 4. call the upstream (bounded by ``subcall_concurrency``, retried by tenacity); once a slot is
    free, every attempt reserves its worst case in the ledger first (refused when the budget
    cannot hold it) and is settled when its answer is read (``limits.MeteredCall``);
@@ -27,6 +29,7 @@ from fsrlm.broker.accounting import Usage, input_ceiling, read_usage, terms_of
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import CachedResponse, ResponseCache, cache_key
 from fsrlm.broker.limits import MeteredCall, RunLedger
+from fsrlm.broker.policy import RequestPolicy
 from fsrlm.broker.upstreams import Upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
 from fsrlm.errors import (
@@ -68,13 +71,19 @@ class SubcallAnswer(BaseModel):
     stop_reason: str | None = None
 
 
-def parse_request(raw: bytes) -> SubcallRequest:
+def parse_request(raw: bytes, policy: RequestPolicy | None = None) -> SubcallRequest:
+    """Validate a subcall body; with ``policy``, also its model and content (``PolicyRefused``)."""
     try:
-        return SubcallRequest.model_validate_json(raw)
+        req = SubcallRequest.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InputError(f"invalid subcall request: {where}: {first['msg']}") from None
+    if policy is not None:
+        if req.model is not None:
+            policy.check_model(req.model)
+        policy.check_body({"messages": req.messages, "system": req.system})
+    return req
 
 
 def response_text(message: dict[str, Any]) -> str:

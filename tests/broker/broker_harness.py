@@ -17,6 +17,7 @@ from fsrlm.broker.server import Broker
 
 TOKEN = "fsrlm-run-token-0123456789abcdef"
 SUBMODEL = "claude-haiku-4-5-scripted"
+ROOT_MODEL = "claude-sonnet-4-5"  # the run's root model: the policy forwards root calls for it
 SCRIPT = "scratch/scripts/map.py"
 LIMITS: dict[str, Any] = {
     "max_scripts": 5,

@@ -8,12 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from broker_harness import LIMITS, SUBMODEL, TOKEN, BrokerHandle
+from broker_harness import LIMITS, ROOT_MODEL, SUBMODEL, TOKEN, BrokerHandle
 from support import FAKE_UPSTREAM_KEY
 
 from fsrlm.broker.limits import RunLimits, SharedLedger
 from fsrlm.broker.server import Broker, BrokerSettings
-from fsrlm.config import UpstreamConfig
+from fsrlm.config import PolicyConfig, UpstreamConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
 
 StartBroker = Callable[..., Awaitable[BrokerHandle]]
@@ -27,7 +27,8 @@ async def start_broker(
 
     Keyword arguments: any ``RunLimits`` field, ``upstream`` (an ``UpstreamConfig``),
     ``max_retries``, ``request_timeout``, ``cache`` (False: no cache), ``depth``,
-    ``shared``, ``nested_runner``, ``workspace``, ``submodel``. Every broker started is stopped at teardown.
+    ``shared``, ``nested_runner``, ``workspace``, ``submodel``, ``root_model``, ``policy``
+    (a ``PolicyConfig``). Every broker started is stopped at teardown.
     """
     handles: list[BrokerHandle] = []
 
@@ -42,6 +43,8 @@ async def start_broker(
         nested_runner: Any = None,
         workspace: Path | None = None,
         submodel: str = SUBMODEL,
+        root_model: str = ROOT_MODEL,
+        policy: PolicyConfig | None = None,
         **limits: Any,
     ) -> BrokerHandle:
         n = len(handles)
@@ -52,6 +55,8 @@ async def start_broker(
             token=TOKEN,
             workspace=ws,
             submodel=submodel,
+            root_model=root_model,
+            policy=policy or PolicyConfig(),
             limits=RunLimits(**{**LIMITS, **limits}),
             upstream=upstream or UpstreamConfig(
                 type="compatible", base_url=scripted.url, api_key=FAKE_UPSTREAM_KEY,

@@ -13,7 +13,7 @@ from support import FAKE_UPSTREAM_KEY
 
 from fsrlm.broker.cache import cache_key
 from fsrlm.broker.subcalls import parse_request
-from fsrlm.testing.scripted_model import FinalStep, Plan, ScriptedModelServer
+from fsrlm.testing.scripted_model import Fault, FinalStep, Plan, ScriptedModelServer
 
 TOOLS = [{"name": "Bash", "description": "run a command", "input_schema": {"type": "object"}}]
 AUDIT_FIELDS = {"ts", "script", "model", "status", "input_tokens", "output_tokens", "cost_usd", "latency_ms"}
@@ -158,7 +158,7 @@ async def test_cached_calls_are_free_and_never_refused(start_broker, scripted) -
 
     # A different prompt is a real call, so the cap of one applies.
     refused = await b.subcall("ECHO: another prompt")
-    assert refused.status == 403
+    assert refused.status == 402
 
 
 async def test_the_cache_mirror_is_written_into_the_workspace(start_broker) -> None:
@@ -186,7 +186,7 @@ async def test_per_script_cap_refusal(start_broker, scripted) -> None:
     assert (await b.subcall("ECHO: 1")).status == 200
     assert (await b.subcall("ECHO: 2")).status == 200
     reply = await b.subcall("ECHO: 3")
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.headers["content-type"].startswith("application/json")
     assert reply.error["type"] == "limit_exceeded"
     assert reply.error["limit"] == "max_subcalls_per_script"
@@ -203,7 +203,7 @@ async def test_forged_script_names_run_into_max_scripts(start_broker, scripted) 
     for i in range(3):
         assert (await b.subcall(f"ECHO: {i}", script=f"forged-{i}.py")).status == 200
     reply = await b.subcall("ECHO: 3", script="forged-3.py")
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.error["limit"] == "max_scripts"
     # A missing header is one more "script", not a way around the cap.
     reply = await b.request("POST", "/fsrlm/v1/subcall", body=ask("ECHO: 4"))
@@ -216,7 +216,7 @@ async def test_limits_from_request_headers_are_ignored(start_broker) -> None:
     b = await start_broker(max_subcalls_per_script=1)
     forged = {"x-fsrlm-max-subcalls-per-script": "1000", "x-fsrlm-depth": "-5"}
     assert (await b.subcall("ECHO: 1", headers=forged)).status == 200
-    assert (await b.subcall("ECHO: 2", headers=forged)).status == 403
+    assert (await b.subcall("ECHO: 2", headers=forged)).status == 402
 
 
 async def test_total_cap(start_broker, scripted) -> None:
@@ -224,7 +224,7 @@ async def test_total_cap(start_broker, scripted) -> None:
     for i in range(3):
         assert (await b.subcall(f"ECHO: {i}", script=f"s{i % 2}.py")).status == 200
     reply = await b.subcall("ECHO: 3", script="s9.py")
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.error["limit"] == "max_total_subcalls"
     assert len(scripted.requests) == 3
 
@@ -235,14 +235,14 @@ async def test_budget_refusal_after_spend(start_broker, scripted) -> None:
     assert first.status == 200 and first.json["cost_usd"] > 1e-9
     b.broker.ledger.charge(0.01 - first.json["cost_usd"], root=False)  # the rest spent elsewhere in the tree
     second = await b.subcall("ECHO: more")
-    assert second.status == 403
+    assert second.status == 402
     assert second.error["limit"] == "max_budget_usd"
     # A cache hit costs nothing and is still served.
     again = await b.subcall("ECHO: spend")
     assert again.status == 200 and again.json["cached"] is True
     # The root agent is held to the same budget.
     root = await b.request("POST", "/v1/messages", body=root_body())
-    assert root.status == 403
+    assert root.status == 402
     assert root.error["limit"] == "max_budget_usd"
     assert len(scripted.requests) == 1
     budget = await b.budget()
@@ -291,9 +291,10 @@ async def test_unknown_route_and_method_are_json_errors(start_broker) -> None:
     b = await start_broker()
     missing = await b.request("GET", "/nope")
     assert missing.status == 404
-    assert missing.json["type"] == "error"
-    wrong = await b.request("GET", "/fsrlm/v1/subcall")
-    assert wrong.status == 405
+    assert missing.error["type"] == "policy_refused"
+    assert "forwards only POST /v1/messages" in missing.error["message"]
+    wrong = await b.request("GET", "/fsrlm/v1/subcall")  # every unknown route is judged by the root-call policy
+    assert wrong.status == 404
     assert wrong.json["type"] == "error"
 
 
@@ -373,7 +374,7 @@ async def test_rlm_query_refused_at_max_depth(start_broker, scripted) -> None:
     b = await start_broker(max_depth=0, nested_runner=runner)
     reply = await b.request("POST", "/fsrlm/v1/rlm_query", body={"prompt": "p", "context": "c"},
                             headers={"x-fsrlm-script": SCRIPT})
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.error["type"] == "limit_exceeded"
     assert reply.error["limit"] == "max_depth"
     assert calls == []
@@ -387,7 +388,7 @@ async def test_rlm_query_at_the_deepest_level_is_refused(start_broker) -> None:
 
     b = await start_broker(max_depth=2, depth=2, nested_runner=runner)
     reply = await b.request("POST", "/fsrlm/v1/rlm_query", body={"prompt": "p"})
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.error["limit"] == "max_depth"
     assert (await b.budget())["depth"] == 2
 
@@ -423,7 +424,7 @@ async def test_invalid_rlm_query_gets_400(start_broker, body) -> None:
 async def test_rlm_query_without_a_runner_is_refused(start_broker) -> None:
     b = await start_broker(max_depth=1)
     reply = await b.request("POST", "/fsrlm/v1/rlm_query", body={"prompt": "p"})
-    assert reply.status == 403
+    assert reply.status == 402
     assert reply.error["limit"] == "max_depth"
 
 
@@ -450,7 +451,8 @@ async def test_root_sse_passes_through_unchanged(start_broker, scripted) -> None
     scripted.reset()
 
     reply = await b.request("POST", "/v1/messages?beta=true", body=body,
-                            headers={"anthropic-version": "2023-06-01", "anthropic-beta": "x-test"})
+                            headers={"anthropic-version": "2023-06-01",
+                                     "anthropic-beta": "claude-code-20250219,x-test"})
     assert reply.status == direct_status == 200
     assert reply.headers["content-type"] == direct_type == "text/event-stream"
     assert _normalise(reply.raw) == _normalise(direct)
@@ -459,7 +461,7 @@ async def test_root_sse_passes_through_unchanged(start_broker, scripted) -> None
     (sent,) = scripted.requests
     assert sent.path == "/v1/messages" and sent.query == {"beta": "true"}
     assert sent.body == body
-    assert sent.headers["anthropic-beta"] == "x-test"
+    assert sent.headers["anthropic-beta"] == "claude-code-20250219"  # a beta the CLI does not send is dropped
     assert_token_never_reached(scripted)
 
     (record,) = b.broker.records
@@ -489,11 +491,19 @@ async def test_root_json_answer_passes_through_and_is_accounted(start_broker, sc
 
 async def test_root_upstream_error_status_is_passed_back(start_broker, scripted) -> None:
     b = await start_broker()
-    reply = await b.request("POST", "/v1/messages", data=b"{not json")
+    scripted.inject(Fault(status=400), kind="any")
+    reply = await b.request("POST", "/v1/messages", body=root_body())
     assert reply.status == 400  # the scripted model's own answer, passed back
     assert reply.json["error"]["type"] == "invalid_request_error"
     (record,) = b.broker.records
     assert (record.kind, record.status, record.error) == ("root", "error", "HTTP 400")
+
+
+async def test_root_call_that_is_not_json_is_refused_by_the_broker(start_broker, scripted) -> None:
+    b = await start_broker()
+    reply = await b.request("POST", "/v1/messages", data=b"{not json")
+    assert reply.status == 400 and reply.error["type"] == "policy_refused"
+    assert scripted.requests == []
 
 
 # -- audit log ----------------------------------------------------------------------------

@@ -64,3 +64,12 @@ def test_the_command_line_exits_3(scripted, tmp_path):
     assert proc.returncode == 3, proc.stderr
     out = json.loads(proc.stdout)
     assert out["stop_reason"] == "limit" and out["answer"] is None
+
+
+def test_a_budget_refusal_of_the_root_agent_reads_as_a_limit(scripted, make_config):
+    """The real CLI shows the broker's refusal of a root call as what it is (it once read "Failed to authenticate")."""
+    scripted.plan = script_plan("print('one turn of work')\n")
+    result = RLM(make_config("local", max_budget_usd=1e-9)).invoke("some input", question="q")
+    assert result.stop_reason == "limit", result.errors
+    text = " ".join(result.errors)
+    assert "402" in text and "max_budget_usd" in text and "authenticate" not in text.lower(), result.errors

@@ -121,7 +121,8 @@ def test_models_reach_the_upstream_and_credentials_do_not_reach_the_agent(execut
         json.dump(dict(os.environ), open("scratch/env.json", "w"))
         write_answer("ok")
     """))
-    result = RLM(make_config(executor_type)).invoke("input", question="q")
+    # A model besides root_model and submodel is sent only when the request policy lists it.
+    result = RLM(make_config(executor_type, policy={"allowed_models": ["scripted-other"]})).invoke("input", question="q")
     assert result.success, result.errors
 
     roots = scripted.requests_of("root")

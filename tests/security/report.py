@@ -34,7 +34,7 @@ BEGIN = "<!-- BEGIN GENERATED TABLE: `make security` rewrites everything up to t
 END = "<!-- END GENERATED TABLE -->"
 
 AREAS = [
-    "network", "credentials", "host filesystem", "terminal", "privileges", "resources", "broker",
+    "network", "credentials", "host filesystem", "terminal", "privileges", "resources", "broker", "request policy",
     "remote executor", "upstream faults", "crash and infrastructure faults", "bad input",
 ]
 

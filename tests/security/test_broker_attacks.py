@@ -69,13 +69,13 @@ def test_forged_script_headers_do_not_raise_the_caps(attack_run, scripted, findi
         "broker", "more subcalls than the caps by forging x-fsrlm-script",
         tried="30 subcalls under 10 forged script names, with max_scripts=3, max_subcalls_per_script=2, "
               "max_total_subcalls=5",
-        expected="exactly 5 go upstream; the rest get 403 limit_exceeded naming the cap",
+        expected="exactly 5 go upstream; the rest get 402 limit_exceeded naming the cap",
     )
     run = attack_run(FORGED_SCRIPTS, max_scripts=3, max_subcalls_per_script=2, max_total_subcalls=5)
     results = run.findings["results"]
     assert results.get("200") == 5, results
     assert _subcalls_upstream(scripted) == 5
-    assert set(results) - {"200"} <= {"403 max_scripts", "403 max_subcalls_per_script", "403 max_total_subcalls"}
+    assert set(results) - {"200"} <= {"402 max_scripts", "402 max_subcalls_per_script", "402 max_total_subcalls"}
     assert run.result.metrics.subcalls == 5
     f.observed = f"{results}; {_subcalls_upstream(scripted)} subcalls reached the upstream"
 
@@ -114,7 +114,7 @@ def test_limits_cannot_be_raised_from_inside(attack_run, scripted, finding):
     )
     run = attack_run(RAISE_LIMITS, max_subcalls_per_script=3, max_tokens_per_subcall=50)
     found = run.findings
-    assert found["results"] == {"200": 3, "403 max_subcalls_per_script": 5}, found["results"]
+    assert found["results"] == {"200": 3, "402 max_subcalls_per_script": 5}, found["results"]
     assert found["unknown_field"] == "400 invalid_request_error"
     assert found["budget"]["max_subcalls_per_script"] == 3 and found["budget"]["depth"] == 0
     sent = [r.body.get("max_tokens") for r in scripted.requests_of("subcall")]
@@ -144,14 +144,14 @@ def test_concurrent_subcalls_cannot_overrun_the_budget(attack_run, scripted, fin
         tried="30 expensive subcalls (~$0.22 each) sent at once, with max_budget_usd=0.2 and "
               "subcall_concurrency=2",
         expected="the run never spends past the budget (each call's worst case is reserved before it goes "
-                 "upstream); the calls it cannot hold get 403 max_budget_usd",
+                 "upstream); the calls it cannot hold get 402 max_budget_usd",
     )
     scripted.subcall_latency_ms = 1000  # a real model takes seconds: calls overlap
     run = attack_run(BUDGET_RACE, max_budget_usd=0.2, subcall_concurrency=2)
     m = run.result.metrics
     per_call = m.subcall_cost_usd / max(m.subcalls, 1)
     assert m.total_cost_usd <= 0.2, (m.total_cost_usd, run.findings)
-    assert run.findings["results"].get("403 max_budget_usd", 0) > 0
+    assert run.findings["results"].get("402 max_budget_usd", 0) > 0
     f.observed = (f"{run.findings['results']}; spent ${m.total_cost_usd:.2f} of $0.20 "
                   f"({m.subcalls} calls of ~${per_call:.3f})")
 
@@ -177,13 +177,13 @@ def test_concurrent_root_calls_cannot_overrun_the_budget(attack_run, scripted, f
         tried="20 root-model calls (POST /v1/messages, ~$0.45 each) sent at once straight to the broker, "
               "with max_budget_usd=1",
         expected="the run never spends past the budget (each call's worst case is reserved before it goes "
-                 "upstream); the rest get 403 max_budget_usd",
+                 "upstream); the rest get 402 max_budget_usd",
     )
     scripted.root_latency_ms = 500  # a real model takes seconds: calls overlap
     run = attack_run(ROOT_RACE, max_budget_usd=1.0)
     m = run.result.metrics
     results = run.findings["results"]
-    assert results.get("403 max_budget_usd", 0) > 0, results
+    assert results.get("402 max_budget_usd", 0) > 0, results
     assert m.total_cost_usd <= 1.0, (m.total_cost_usd, results)
     f.observed = f"{results}; spent ${m.total_cost_usd:.2f} of $1.00"
 
@@ -265,8 +265,8 @@ def test_oversized_and_malformed_requests(attack_run, scripted, finding):
               "and straight to the socket); empty, truncated, non-object, invalid UTF-8, NaN, 1e999, negative, "
               "200 000-deep nested JSON",
         expected="413 request_too_large for every big body (the broker stops reading at 32 MB, its memory stays "
-                 "bounded); 400 for every malformed body (root-call bodies are passed through to the upstream, which "
-                 "judges them), never a 500; the broker keeps serving",
+                 "bounded); 400 for every malformed body (root-call bodies are refused by the broker's request "
+                 "policy, never passed on), never a 500; the broker keeps serving",
     )
     run, growth = peak_rss_growth(lambda: attack_run(BIG_AND_BROKEN, timeout_seconds=180))
     found = run.findings

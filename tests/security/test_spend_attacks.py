@@ -277,7 +277,7 @@ def test_a_refusal_flood_keeps_the_audit_log_small(attack_run, finding):
     f.observed = (f"{results}; audit log {size / 1024:.0f} KiB, {len(records)} lines, refusals counted {counted:,}; "
                   f"result.errors: {len(run.result.errors)} lines; metrics.subcalls_refused "
                   f"{run.result.metrics.subcalls_refused:,}")
-    assert results.get("403 max_scripts", 0) >= n - 1, results
+    assert results.get("402 max_scripts", 0) >= n - 1, results
     assert size < 1 << 20, f.observed
     assert counted >= n - 1 and run.result.metrics.subcalls_refused >= n - 1, f.observed
     assert len(run.result.errors) <= 60, f.observed

@@ -31,7 +31,7 @@ def _error(status: int, kind: str, message: str, limit: str | None = None) -> we
 
 class FakeBroker:
     """Mimics the broker's subcall/rlm_query/budget routes. Prompts steer it:
-    ``REFUSE`` → 403 limit, ``FAIL`` → 502, ``PLAIN500`` → text 500, else echo after ``delay``."""
+    ``REFUSE`` → 402 limit, ``FAIL`` → 502, ``PLAIN500`` → text 500, else echo after ``delay``."""
 
     def __init__(self) -> None:
         self.delay = 0.0
@@ -75,7 +75,7 @@ class FakeBroker:
         prompt = body["messages"][0]["content"]
         self.requests.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
         if "REFUSE" in prompt:
-            return _error(403, "limit_exceeded", "max_total_subcalls (3) reached", "max_total_subcalls")
+            return _error(402, "limit_exceeded", "max_total_subcalls (3) reached", "max_total_subcalls")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -95,7 +95,7 @@ class FakeBroker:
         body = await request.json()
         self.requests.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
         if body["prompt"] == "deep":
-            return _error(403, "limit_exceeded", "already at max_depth 1", "max_depth")
+            return _error(402, "limit_exceeded", "already at max_depth 1", "max_depth")
         if body["prompt"] == "broken":
             return web.json_response({"answer": "", "success": False, "run_id": "r2", "stop_reason": "max_turns"})
         return web.json_response({"answer": f"{body['prompt']}|{len(body['context'])}", "success": True,
@@ -147,7 +147,7 @@ def test_non_json_error_body(broker: FakeBroker) -> None:
 def test_refusal_is_budget_exceeded(broker: FakeBroker) -> None:
     with pytest.raises(lc.BudgetExceeded) as info:
         lc.llm_query("REFUSE")
-    assert info.value.limit == "max_total_subcalls" and info.value.status == 403
+    assert info.value.limit == "max_total_subcalls" and info.value.status == 402
     assert "max_total_subcalls (3) reached" in str(info.value)
 
 

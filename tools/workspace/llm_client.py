@@ -15,7 +15,7 @@ Typical use (``PYTHONPATH`` already contains the workspace's ``tools/``)::
 Errors (all raised from this module)::
 
     LLMError                 any failed call: .status (HTTP status or None), .error_type
-     +-- BudgetExceeded      a limit refused the call (HTTP 403): .limit names it
+     +-- BudgetExceeded      a limit refused the call (HTTP 402): .limit names it
 
 The script name the broker counts calls against (header ``x-fsrlm-script``) is
 the path of the running script relative to ``FSRLM_WORKSPACE``, its basename when
@@ -65,14 +65,14 @@ class LLMError(Exception):
 
 
 class BudgetExceeded(LLMError):
-    """The broker refused the call because a limit is used up (HTTP 403).
+    """The broker refused the call because a limit is used up (HTTP 402).
 
     ``limit`` names it: ``max_subcalls_per_script``, ``max_total_subcalls``,
     ``max_scripts``, ``max_budget_usd`` or ``max_depth``. Retrying will not help;
     work with what you have (see ``check_budget()``).
     """
 
-    def __init__(self, message: str, *, limit: str | None = None, status: int | None = 403,
+    def __init__(self, message: str, *, limit: str | None = None, status: int | None = 402,
                  error_type: str | None = "limit_exceeded") -> None:
         super().__init__(message, status=status, error_type=error_type)
         self.limit = limit
@@ -171,7 +171,7 @@ def _from_http_error(exc: urllib.error.HTTPError) -> LLMError:
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     message = message or exc.reason or "no message"
-    if exc.code == 403 or kind == "limit_exceeded":
+    if exc.code == 402 or kind == "limit_exceeded":
         text = f"limit reached ({limit}): {message}" if limit else f"limit reached: {message}"
         return BudgetExceeded(text, limit=limit, status=exc.code, error_type=kind or "limit_exceeded")
     return LLMError(f"broker error {exc.code} ({kind or 'unknown'}): {message}", status=exc.code, error_type=kind)
