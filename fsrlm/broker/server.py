@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fsrlm.broker.accounting import (
     DEFAULT_MAX_OUTPUT_TOKENS,
-    RequestTerms,
     UsageSniffer,
     input_ceiling,
     request_terms,
@@ -38,7 +37,12 @@ from fsrlm.broker.pricing import Pricer
 from fsrlm.broker.subcalls import SubcallService, parse_request
 from fsrlm.broker.upstreams import create_upstream
 from fsrlm.broker.upstreams.retry import OnRetry, with_retries
-from fsrlm.config import DEFAULT_UNKNOWN_MODEL_PRICE, ModelPrice, PolicyConfig, UpstreamConfig
+from fsrlm.config import (
+    DEFAULT_UNKNOWN_MODEL_PRICE,
+    ModelPrice,
+    PolicyConfig,
+    UpstreamConfig,
+)
 from fsrlm.errors import (
     InputError,
     LimitExceeded,

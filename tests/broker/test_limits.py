@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import pytest
-
-import asyncio
-
 import aiohttp
+import pytest
 
 from fsrlm.broker.accounting import Usage
 from fsrlm.broker.limits import MeteredCall, RunLedger, RunLimits, SharedLedger

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fsrlm.executors.docker.handback import sandbox_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
