@@ -100,6 +100,46 @@ def append_beneath(root: Path, rel: str, data: bytes) -> None:
         os.close(fd)
 
 
+class BeneathAppender:
+    """``append_beneath`` for a log written line by line: the file is opened once, not per line.
+
+    What was opened stays what is written: a link or FIFO the agent puts in its place later is never
+    followed. A file the agent deleted (no name left) or that went bad is opened afresh, as
+    ``append_beneath`` would, on the next line.
+    """
+
+    def __init__(self, root: Path, rel: str) -> None:
+        self.root, self.rel = root, rel
+        self._fd: int | None = None
+
+    def append(self, data: bytes) -> None:
+        if self._fd is not None:
+            try:
+                if os.fstat(self._fd).st_nlink == 1:
+                    os.write(self._fd, data)
+                    return
+            except OSError:
+                pass
+            self.close()
+        fd = open_beneath(self.root, self.rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK,
+                          make_dirs=True)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                raise WorkspaceError(f"refusing to append to {self.rel}: not a plain file")
+            os.write(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 def write_beneath(root: Path, rel: str, data: bytes) -> None:
     """Write ``root/rel`` atomically (temp file + rename), never through a link."""
     parts = _parts(rel)

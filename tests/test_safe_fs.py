@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fsrlm.errors import WorkspaceError
-from fsrlm.safe_fs import append_beneath, open_beneath, read_text_beneath, write_beneath
+from fsrlm.safe_fs import BeneathAppender, append_beneath, open_beneath, read_text_beneath, write_beneath
 
 LINK_ERRNOS = (errno.ELOOP, errno.ENOTDIR)
 
@@ -270,3 +270,25 @@ def test_planted_temp_name_does_not_block_or_redirect_writes(root: Path, outside
     write_beneath(root, "output/entry.json", b"new")
     assert (root / "output" / "entry.json").read_bytes() == b"new"
     assert (outside / "secret.txt").read_text() == "host secret"
+
+
+def test_an_appender_never_follows_what_replaced_its_file(tmp_path: Path) -> None:
+    """The audit log is opened once: a link swapped in later is not written through; a deleted log is made again."""
+    root, outside = tmp_path / "ws", tmp_path / "outside.txt"
+    root.mkdir()
+    outside.write_text("")
+    log = BeneathAppender(root, "state/log.jsonl")
+    log.append(b"one\n")
+    opened = root / "state" / "log.jsonl"
+    opened.rename(root / "state" / "kept.jsonl")
+    opened.symlink_to(outside)  # the agent plants a link where the log was
+    log.append(b"two\n")  # the file still open is the one written: renamed, not gone
+    assert (root / "state" / "kept.jsonl").read_bytes() == b"one\ntwo\n" and outside.read_text() == ""
+    (root / "state" / "kept.jsonl").unlink()  # the log deleted: the next line opens the name again,
+    with pytest.raises(OSError):  # which is a link now, and is refused rather than followed
+        log.append(b"three\n")
+    assert outside.read_text() == ""
+    opened.unlink()
+    log.append(b"four\n")
+    log.close()
+    assert opened.read_bytes() == b"four\n"

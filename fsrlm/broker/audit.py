@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from fsrlm.safe_fs import append_beneath
+from fsrlm.safe_fs import BeneathAppender
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class AuditLog:
         self._bytes = 0
         self._full = False
         self._closed = False
+        self._file = BeneathAppender(workspace, AUDIT_LOG)  # one open per run, not one per record
 
     def add(self, record: CallRecord) -> None:
         if record.status == "refused" and record.cost_usd == 0:
@@ -98,6 +99,7 @@ class AuditLog:
         self._closed = True
         for summary in self._summaries.values():
             self._write(summary, always=True)
+        self._file.close()
 
     def _write(self, record: CallRecord, *, always: bool = False) -> None:
         line = (record.model_dump_json(exclude_defaults=False) + "\n").encode()
@@ -115,7 +117,7 @@ class AuditLog:
     def _append(self, line: bytes) -> None:
         self._bytes += len(line)
         try:
-            append_beneath(self.workspace, AUDIT_LOG, line)
+            self._file.append(line)
         except OSError as e:
             # The agent may have made the file unwritable; the in-memory copy is authoritative.
             logger.warning("audit log write failed: %s", e)

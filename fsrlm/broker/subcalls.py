@@ -126,6 +126,7 @@ class SubcallService:
         self.max_retries = max_retries
         self.retry_base_wait = retry_base_wait
         self.on_retry = on_retry
+        self._mirrored: set[str] = set()  # cache entries already copied into this run's workspace
 
     def build_body(self, req: SubcallRequest) -> dict[str, Any]:
         cap = self.ledger.limits.max_tokens_per_subcall
@@ -237,7 +238,10 @@ class SubcallService:
         return message, usage or Usage()
 
     def _mirror(self, key: str, data: bytes) -> None:
-        """Copy a cache entry into the workspace for inspection (never read back)."""
+        """Copy a cache entry into the workspace for inspection (never read back), once per run."""
+        if key in self._mirrored:
+            return
+        self._mirrored.add(key)
         try:
             write_beneath(self.audit.workspace, f"cache/llm/{key}.json", data)
         except OSError as e:
