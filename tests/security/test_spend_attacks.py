@@ -166,7 +166,7 @@ def test_root_calls_whose_usage_cannot_be_read_are_charged(attack_run, scripted,
                  "and all of max_tokens), never 0",
     )
     max_tokens, extra, prompt = 4096, {}, "ECHO: " + "w " * 20000
-    overrides: dict = {}
+    overrides: dict = {"policy": {"allowed_models": [MODEL]}}  # the dearest model, allowed on purpose
     if variant == "answer over 8 MiB":
         scripted.responder = _huge_answer
         prompt = "HUGE " + prompt
