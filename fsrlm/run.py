@@ -427,9 +427,13 @@ def _stop_reason(result: ResultMessage | None, transport: SandboxTransport, erro
         return "max_turns"
     if result.is_error:
         detail = "; ".join(result.errors or []) or (result.result or "")
+        if result.api_error_status == LIMIT_STATUS:  # the broker's refusal, not the model API's failure
+            detail = detail.removeprefix(f"API Error: {LIMIT_STATUS} ").strip()
+            errors.append(f"a run limit refused the root agent's call: {detail}")
+            return "limit"
         if result.api_error_status:
             errors.append(f"the model API failed (HTTP {result.api_error_status}): {detail}".strip())
-            return "limit" if result.api_error_status == LIMIT_STATUS else "upstream_error"
+            return "upstream_error"
         errors.append(f"the agent stopped with an error ({result.subtype}): {detail}".strip())
         return "error"
     return "completed"

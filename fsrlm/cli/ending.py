@@ -70,7 +70,11 @@ def stopped_by_budget(result: RLMResult, budget: float | None) -> bool:
 
 def budget_line(result: RLMResult, budget: float) -> str:
     folder = f"; then `fsrlm resume {result.workspace_path}` continues it" if result.workspace_path else ""
-    return (f"fsrlm: budget of ${budget:.2f} spent (${result.metrics.total_cost_usd:.2f}), so the run stopped "
+    spent = result.metrics.total_cost_usd
+    # Calls hold their worst case before they go: a budget can end a run before it is spent.
+    what = (f"budget of ${budget:.2f} spent (${spent:.2f})" if spent >= budget * 0.999 else
+            f"budget of ${budget:.2f} could not hold the next call's worst case (${spent:.2f} spent)")
+    return (f"fsrlm: {what}, so the run stopped "
             f"before its answer. Raise it with --max-budget-usd (or FSRLM_MAX_BUDGET_USD, max_budget_usd){folder}; "
             "calls already made are answered from the cache. The README's cost table shows what inputs cost.")
 

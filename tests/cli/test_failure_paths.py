@@ -150,11 +150,12 @@ def test_ctrl_c_with_json_prints_the_interrupted_result(env, model, input_file) 
 
 
 def test_a_budget_stop_ends_with_the_budget(env, model, input_file) -> None:
-    # The scripted root call costs about $0.05 at Sonnet prices: the second one is refused.
+    # The root call's worst case (max_tokens 32,000) is more than $0.01: refused before it goes upstream.
     result = invoke(["run", str(input_file[0]), "-q", "How many ERROR lines?", "--max-budget-usd", "0.01"], env=env)
     assert result.exit_code == 3, result.output
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("fsrlm: budget of $0.01 spent ($0.0"), last
+    assert last.startswith("fsrlm: budget of $0.01 could not hold the next call's worst case ($0.00 spent)"), last
+    assert "a run limit refused the root agent's call" in result.stderr and "model API failed" not in result.stderr
     assert "--max-budget-usd" in last and "fsrlm resume" in last
     assert kept_folder(result.stderr).is_dir()
 

@@ -72,4 +72,4 @@ def test_a_budget_refusal_of_the_root_agent_reads_as_a_limit(scripted, make_conf
     result = RLM(make_config("local", max_budget_usd=1e-9)).invoke("some input", question="q")
     assert result.stop_reason == "limit", result.errors
     text = " ".join(result.errors)
-    assert "402" in text and "max_budget_usd" in text and "authenticate" not in text.lower(), result.errors
+    assert "a run limit refused" in text and "max_budget_usd" in text and "authenticate" not in text.lower(), result.errors
