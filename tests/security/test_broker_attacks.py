@@ -180,7 +180,7 @@ def test_concurrent_root_calls_cannot_overrun_the_budget(attack_run, scripted, f
                  "upstream); the rest get 402 max_budget_usd",
     )
     scripted.root_latency_ms = 500  # a real model takes seconds: calls overlap
-    run = attack_run(ROOT_RACE, max_budget_usd=1.0)
+    run = attack_run(ROOT_RACE, max_budget_usd=1.0, policy={"allowed_models": ["claude-sonnet-4-5"]})  # priced as Sonnet
     m = run.result.metrics
     results = run.findings["results"]
     assert results.get("402 max_budget_usd", 0) > 0, results
