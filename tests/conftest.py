@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAKE_UPSTREAM_KEY, ISOLATION_OF, SANDBOX_RUNTIMES, default_isolation, engine_has_gvisor, gvisor_runtimes
+from support import FAKE_UPSTREAM_KEY, ISOLATION_OF, SCRIPTED_PRICES, SANDBOX_RUNTIMES, default_isolation, engine_has_gvisor, gvisor_runtimes
 
 from fsrlm.config import RLMConfig
 from fsrlm.testing.scripted_model import ScriptedModelServer
@@ -131,10 +131,6 @@ def node_tmp(tmp_path: Path) -> Path:
     folder = tmp_path / "nodetmp"
     folder.mkdir()
     return folder
-
-
-SCRIPTED_PRICES = {"scripted-root": {"input_per_mtok": 0.3, "output_per_mtok": 1.5},
-                   "scripted-sub": {"input_per_mtok": 3.0, "output_per_mtok": 15.0}}
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ from typing import Any
 
 # A key the broker holds in tests: it must reach the scripted upstream and never the sandbox.
 FAKE_UPSTREAM_KEY = "sk-ant-test-UPSTREAM-SECRET-do-not-leak"
+# The scripted model's names, which no price table knows, priced as a gateway's would be (else the dear
+# unknown-model price): the root cheap enough that its reservations (32k max_tokens a call) fit small budgets.
+SCRIPTED_PRICES = {"scripted-root": {"input_per_mtok": 0.3, "output_per_mtok": 1.5},
+                   "scripted-sub": {"input_per_mtok": 3.0, "output_per_mtok": 15.0}}
 
 
 def fsrlm_executable() -> str:

@@ -16,7 +16,7 @@ from fsrlm.benchmarks.oolong_scoring import score_answer as scoring_score_answer
 from fsrlm.benchmarks.oolong_synth_gen import generate_rows
 from fsrlm.benchmarks.results import RowResult, read_results
 from fsrlm.benchmarks.scripted_oolong import oolong_plan, oolong_responder
-from support import FAKE_UPSTREAM_KEY
+from support import FAKE_UPSTREAM_KEY, SCRIPTED_PRICES
 
 from fsrlm.batch.fleet import FleetOptions, open_fleet
 from fsrlm.config import RLMConfig
@@ -36,7 +36,10 @@ def write_fsrlm_toml(folder: Path, server: ScriptedModelServer) -> Path:
     path.write_text(
         f'root_model = "scripted-root"\nsubmodel = "scripted-sub"\ntimeout_seconds = 60\n'
         f'cache_dir = "{folder / "cache"}"\nworkspace_dir = "{folder / "runs"}"\n\n'
-        f'[upstream]\ntype = "compatible"\nbase_url = "{server.url}"\napi_key = "{FAKE_UPSTREAM_KEY}"\n',
+        f'[upstream]\ntype = "compatible"\nbase_url = "{server.url}"\napi_key = "{FAKE_UPSTREAM_KEY}"\n\n'
+        # Names no price table knows, priced as a gateway's would be (tests/support.py: SCRIPTED_PRICES).
+        '[prices]\n' + "".join(f'"{name}" = {{ input_per_mtok = {p["input_per_mtok"]}, output_per_mtok = '
+                                f'{p["output_per_mtok"]} }}\n' for name, p in SCRIPTED_PRICES.items()),
         encoding="utf-8",
     )
     return path
