@@ -19,7 +19,7 @@ from support import FAKE_UPSTREAM_KEY, kernel_env
 from fsrlm import RLM
 from fsrlm.testing.plans import script_plan
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):

@@ -19,7 +19,7 @@ from fsrlm import RLM
 from fsrlm.safe_fs import remove_tree, walk_tree
 from fsrlm.viewer import ViewerSettings, create_app
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.both_kernels]  # the sandbox kernel decides the outcome
 
 SECRET = "HOST-SECRET-5e2b-never-shown"
 
