@@ -24,7 +24,7 @@ from fsrlm.broker.accounting import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     UsageSniffer,
     input_ceiling,
-    request_terms,
+    terms_of,
 )
 from fsrlm.broker.audit import AuditLog, CallRecord
 from fsrlm.broker.cache import ResponseCache
@@ -298,9 +298,8 @@ class Broker:
     async def _root_call(self, request: web.Request) -> web.StreamResponse:
         """Forward the CLI's model call as the policy rebuilt it, counting its cost.
 
-        At most ``ROOT_CONCURRENCY`` at once, each checking the budget when its turn
-        comes: a burst of root calls from the sandbox overruns the budget by at most
-        the calls in flight.
+        At most ``ROOT_CONCURRENCY`` at once; each attempt reserves its worst case in the
+        ledger before it goes upstream, so a burst of root calls cannot spend past the budget.
         """
         try:
             call = self.policy.root(request.method, request.raw_path.partition("?")[0], request.query,
@@ -313,7 +312,7 @@ class Broker:
 
     async def _root_call_in_slot(self, request: web.Request, call: RootRequest) -> web.StreamResponse:
         data = call.body  # the request the policy rebuilt: what goes upstream, and what is reserved for
-        terms = request_terms(data)
+        terms = terms_of(call.data)  # the dict ``data`` was serialised from: no second parse of the body
         model = call.model
         started = time.perf_counter()
         long_context = "context-1m" in call.headers.get("anthropic-beta", "")
