@@ -207,8 +207,9 @@ WARM = "docker-warm"
 def _executor_table(executor: str, warm: int = 2) -> dict[str, Any]:
     """``local``, ``docker``, ``docker-warm``, ``docker:runc`` / ``docker:gvisor`` (executor.isolation) or
     ``docker@NAME`` (executor.runtime, e.g. a runsc registered with --platform=kvm) as an executor table."""
-    if executor == WARM:
-        return {"type": "docker", "warm": warm}
+    if executor == WARM or executor.startswith(WARM + ":"):
+        isolation = executor.partition(":")[2]
+        return {"type": "docker", "warm": warm, **({"isolation": isolation} if isolation else {})}
     if "@" in executor:
         kind, runtime = executor.split("@", 1)
         return {"type": kind, "runtime": runtime}
@@ -299,7 +300,7 @@ def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
         for executor in executors:
             for n in counts:
                 with RLM(_config(executor, model.url, Path(tmp), warm=n)) as rlm:
-                    if executor == WARM:
+                    if executor.startswith(WARM):
                         rlm.invoke("warm-up", question="q")  # starts the pool
                         _pool_ready(rlm, n, seconds=300)
                     wall, failures = asyncio.run(_parallel(rlm, n))
@@ -309,11 +310,13 @@ def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
 
 
 def _pool_ready(rlm: RLM, n: int = 1, seconds: float = 120) -> None:
-    """For docker-warm: wait until the pool holds ``n`` started sandboxes (what a warm run finds)."""
+    """For docker-warm: wait until the pool holds ``n`` started sandboxes and starts no more (what a run
+    finds after a pause: no sandbox starting beside it)."""
     if rlm._warm is None:
         return
+    pool = rlm._warm.pool
     deadline = time.monotonic() + seconds
-    while rlm._warm.pool.ready < n and time.monotonic() < deadline:
+    while (pool.ready < n or pool.filling) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

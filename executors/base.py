@@ -45,6 +45,9 @@ class SandboxSpec(BaseModel):
     broker: BrokerEndpoint
     agent: AgentContract  # the run's side of the sandbox contract (token, depth, API mode)
     timeout_seconds: float
+    # Started ahead of its run (a warm pool): the sandbox yields the CPU to running sandboxes until
+    # ``Sandbox.activate``. A scheduling weight only; every limit stays as configured.
+    standby: bool = False
 
     @property
     def run_id(self) -> str:
@@ -123,6 +126,11 @@ class Sandbox(abc.ABC):
         Raises ``SandboxError`` (the environment carries a credential, the backend
         failed) and ``ImageError`` (the image is missing); nothing is left running then.
         """
+
+    async def activate(self) -> None:
+        """A standby sandbox's run has started: give it the CPU weight of any running sandbox (a no-op
+        where the backend has no weights)."""
+        return None
 
     @abc.abstractmethod
     async def collect(self) -> None:

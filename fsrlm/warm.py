@@ -12,7 +12,14 @@ that does not exist yet:
   container; the run's broker adopts it when the run starts, and connections wait
   in the backlog until then (the CLI makes none before its first message);
 * the CLI is already started inside, with the run's id and token, waiting on stdin
-  for its first message; its wall-clock limit starts when a run takes it.
+  for its first message; its wall-clock limit starts when a run takes it;
+* until a run takes it, the container has the lowest CPU weight (``SandboxSpec.standby``):
+  refilling the pool while runs go on takes only the CPU they leave idle, and the
+  usual weight is restored when its run starts (every limit is the same throughout);
+* while a slot is still ready, the pool refills when a run ends rather than beside the
+  runs: starting a sandbox takes the engine and the CPU (a second of both on 2 cores,
+  several under gVisor, which has no CPU weights to change), and a run under way would
+  pay for it. A pool that has run dry refills at once.
 
 A slot fits a run when its CLI was started with the arguments the run needs (the
 pool's configuration, and the run's system prompt: a run with another system
@@ -33,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 
 from fsrlm.agent import run_argv
 from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
@@ -62,6 +70,8 @@ class WarmSlot:
         self._process = process
         self._argv = argv
         self.taken = False
+        self._activated: asyncio.Task[None] | None = None
+        self.on_run_end: Callable[[], None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -73,29 +83,51 @@ class WarmSlot:
     def describe(self) -> SandboxInfo:
         return self.info or SandboxInfo(executor="docker", kernel="host")
 
+    def take(self, on_run_end: Callable[[], None] | None = None) -> None:
+        """A run has this slot: its container gets a running sandbox's CPU weight (in the background:
+        the run does not wait for the engine). ``on_run_end`` is called once, when that run's sandbox
+        is closed or the slot discarded."""
+        self.taken = True
+        self.on_run_end = on_run_end
+        self._activated = asyncio.ensure_future(self._sandbox.activate())
+
     async def prepare(self, spec: SandboxSpec) -> Sandbox:
         if spec.workspace != self.workspace.root or spec.broker.unix_socket != self.socket.path:
             raise SandboxError(f"warm slot {self.run_id} was prepared for another run folder or broker")
-        return _WarmSandbox(self._sandbox, self._process, self._argv, spec.timeout_seconds)
+        return _WarmSandbox(self._sandbox, self._process, self._argv, spec.timeout_seconds, self._activated,
+                            self._run_over)
+
+    def _run_over(self) -> None:
+        """Tell the pool, once, that the run this slot served has ended (closed, or failed before it began)."""
+        on_run_end, self.on_run_end = self.on_run_end, None
+        if on_run_end is not None:
+            on_run_end()
 
     async def discard(self) -> None:
         """Close a slot no run took: its container, its socket, its (template-only) run folder."""
+        if self._activated is not None:
+            with contextlib.suppress(SandboxError):
+                await self._activated
         try:
             await self._sandbox.close()
         except SandboxError as e:
             logger.warning("closing warm slot %s: %s", self.run_id, e)
         self.socket.close()
         self.workspace.remove()
+        self._run_over()
 
 
 class _WarmSandbox(Sandbox):
     """The slot's sandbox, handed to its one run: ``start_agent`` returns the CLI already running."""
 
-    def __init__(self, inner: Sandbox, process: AgentProcess, argv: list[str], timeout_seconds: float) -> None:
+    def __init__(self, inner: Sandbox, process: AgentProcess, argv: list[str], timeout_seconds: float,
+                 activated: asyncio.Task[None] | None = None, on_close: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self._process: AgentProcess | None = process
         self._argv = argv
         self._timeout = timeout_seconds
+        self._activated = activated
+        self._on_close = on_close
         self.cli_path = inner.cli_path
 
     async def start_agent(self, argv: list[str]) -> AgentProcess:
@@ -113,7 +145,17 @@ class _WarmSandbox(Sandbox):
         await self._inner.collect()
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._activated is not None:
+            try:
+                await self._activated
+            except SandboxError as e:  # the run went on at the standby weight: slower, never less isolated
+                logger.warning("could not raise the warm sandbox's CPU weight: %s", e)
+        try:
+            await self._inner.close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
 
 
 class WarmPool:
@@ -132,10 +174,16 @@ class WarmPool:
         self._closed = False
         self.made = 0  # slots started, for benchmarks and tests
         self.taken = 0
+        self.running = 0  # runs on slots of this pool that have not ended
 
     @property
     def ready(self) -> int:
         return len(self._slots)
+
+    @property
+    def filling(self) -> int:
+        """Slots being started now."""
+        return len(self._filling)
 
     async def start(self) -> None:
         """Check what a run would check first (credentials, the upstream, the executor), then fill the pool."""
@@ -145,6 +193,8 @@ class WarmPool:
         self._refill()
 
     def _refill(self) -> None:
+        if self._closed or (self.running and self._slots):
+            return  # a slot is still ready: refill when a run ends, not beside it
         missing = self.size - len(self._slots) - len(self._filling)
         for _ in range(max(0, missing)):
             task = asyncio.ensure_future(self._fill_one(self.system))
@@ -175,7 +225,8 @@ class WarmPool:
                                   api="bedrock" if config.upstream.type == "bedrock" else "anthropic")
             spec = SandboxSpec(workspace=workspace.root, workspace_id=workspace.identity, broker=BrokerEndpoint(unix_socket=socket.path,
                                                                              open_tcp=_no_tcp),
-                               agent=agent, timeout_seconds=0)  # armed when a run takes the slot
+                               agent=agent, timeout_seconds=0,  # armed when a run takes the slot
+                               standby=True)
             sandbox = await self._executor.prepare(spec)
             argv = run_argv(config, limits_of(config).model_dump(), system)
             process = await sandbox.start_agent(argv)
@@ -208,14 +259,19 @@ class WarmPool:
             while self._slots:
                 slot = self._slots.pop(0)
                 if slot.alive:
-                    slot.taken = True
+                    slot.take(on_run_end=self._run_ended)
                     self.taken += 1
+                    self.running += 1
                     self._refill()
                     return slot
                 asyncio.ensure_future(slot.discard())  # its CLI died while it waited (e.g. memory): never used
             if not self._filling or self._closed:
                 return None
             await asyncio.wait(set(self._filling), return_when=asyncio.FIRST_COMPLETED)
+
+    def _run_ended(self) -> None:
+        self.running -= 1
+        self._refill()
 
     async def close(self) -> None:
         """Remove every slot no run took (and stop filling). Idempotent."""

@@ -14,7 +14,8 @@ from fsrlm import RLM
 from fsrlm.errors import FsrlmError
 from fsrlm.executors.base import LABEL_ORCHESTRATOR
 from fsrlm.executors.liveness import orchestrator_id
-from fsrlm.testing.plans import count_label_plan
+from fsrlm.executors.docker.hardening import ACTIVE_CPU_SHARES, STANDBY_CPU_SHARES
+from fsrlm.testing.plans import bash_plan, count_label_plan
 from fsrlm.warm import WarmPool
 
 pytestmark = pytest.mark.docker
@@ -96,3 +97,52 @@ def test_warm_containers_are_hardened_like_cold_ones(docker_image, scripted, mak
 def test_a_pool_needs_the_docker_executor(make_config):
     with pytest.raises(FsrlmError, match="needs the docker executor"):
         WarmPool(make_config("local"), 1)
+
+
+# What a standby container's cgroup says, under cgroup v1 (cpu.shares) or v2 (cpu.weight).
+_CPU_WEIGHT = ("f=/sys/fs/cgroup/cpu/cpu.shares; [ -e $f ] || f=/sys/fs/cgroup/cpu.weight; "
+               "for i in $(seq 300); do case $(cat $f) in 1024|100) break;; esac; sleep 0.1; done; "
+               "mkdir -p output && cat $f > output/answer.md")
+
+
+def test_a_waiting_slot_yields_the_cpu_until_a_run_takes_it(docker_image, scripted, make_config, docker_client):
+    """Started ahead of time at the lowest CPU weight (the run under way keeps the CPU); a run's own
+    sandbox gets the usual weight back. The limits are the same throughout."""
+    scripted.plan = bash_plan(_CPU_WEIGHT)
+    with RLM(make_config({"type": "docker", "warm": 1})) as rlm:
+        rlm.invoke("input", question="q")  # starts the pool
+        _wait_ready(rlm, 1)
+        [waiting] = _ours(docker_client)
+        hc = waiting.attrs["HostConfig"]
+        assert hc["CpuShares"] == STANDBY_CPU_SHARES and hc["NanoCpus"] == 1_000_000_000
+        result = rlm.invoke("input", question="q")
+    assert result.success, result.errors
+    assert result.answer in (str(ACTIVE_CPU_SHARES), "100")  # what the run's own cgroup said (v1 / v2)
+
+
+def test_the_pool_refills_after_a_run_while_a_slot_is_still_ready(docker_image, scripted, make_config):
+    """Nothing is started beside a run while another slot waits; a pool that ran dry refills at once."""
+    text, expected = log_lines(300)
+    scripted.plan = count_label_plan(chunk_size=4000)
+    for size, seen_during_the_run in ((2, (1, 0)), (1, (0, 1))):
+        seen: list[tuple[int, int]] = []
+
+        def watch(event) -> None:
+            if event.kind == "script_started":
+                seen.append((rlm._warm.pool.ready, rlm._warm.pool.filling))
+
+        with RLM(make_config({"type": "docker", "warm": size})) as rlm:
+            rlm.invoke(text, question=QUESTION)
+            _wait_settled(rlm, size)
+            result = rlm.invoke(text, question=QUESTION, on_event=watch)
+            assert result.success and result.answer == str(expected), result.errors
+            assert seen == [seen_during_the_run], (size, seen)
+            _wait_settled(rlm, size)  # and full again after the run
+            assert rlm._warm.pool.running == 0
+
+
+def _wait_settled(rlm: RLM, n: int, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while rlm._warm.pool.ready < n or rlm._warm.pool.filling:
+        assert time.monotonic() < deadline, "the pool did not fill"
+        time.sleep(0.1)

@@ -51,6 +51,11 @@ from fsrlm.executors.liveness import orchestrator_id
 WORKSPACE = "/workspace"
 HOME = "/home/sandbox"
 BROKER_SOCKET = "/run/fsrlm/broker.sock"
+# CPU weights (cgroup cpu.shares): Docker's default for a sandbox whose run is under way, the
+# kernel's minimum for one a warm pool started ahead of its run. A weight, not a limit: the
+# nano_cpus cap applies to both.
+ACTIVE_CPU_SHARES = 1024
+STANDBY_CPU_SHARES = 2
 RELAY_URL = "http://127.0.0.1:8080"
 CLI_PATH = "/usr/local/bin/claude"
 AGENT_SHELL = "/opt/fsrlm/bin/bash"  # read by AGENT_SHELL: the shell of the agent's commands
@@ -113,6 +118,7 @@ def container_options(
     name: str | None = None,
     created: float | None = None,
     sandbox: SandboxInfo | None = None,
+    standby: bool = False,
 ) -> ContainerOptions:
     """Everything ``create_container`` needs for one hardened agent container.
 
@@ -120,7 +126,9 @@ def container_options(
     remote backend passes neither (it copies files and tunnels the broker) but
     the name of the run's ``volume``, mounted at ``/workspace``. ``sandbox`` is
     the runtime the executor chose; without it, ``config.runtime`` (or the
-    engine's default).
+    engine's default). A ``standby`` container (a warm pool's) starts with the
+    lowest CPU weight, so starting it ahead of time takes only CPU that running
+    sandboxes leave idle; ``ACTIVE_CPU_SHARES`` is restored when its run takes it.
     """
     if workspace is not None and volume is not None:
         raise ValueError("the workspace is a bind mount or a volume, not both")
@@ -150,6 +158,7 @@ def container_options(
         "mem_limit": config.memory,
         "memswap_limit": config.memory,
         "nano_cpus": int(round(config.cpus * 1e9)),
+        "cpu_shares": STANDBY_CPU_SHARES if standby else ACTIVE_CPU_SHARES,
         "ipc_mode": "private",
         "shm_size": "64m",  # /dev/shm: Docker's default cap, stated
         "ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}, {"Name": "nofile", "Soft": NOFILE, "Hard": NOFILE}],

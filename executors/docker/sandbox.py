@@ -80,6 +80,9 @@ class ContainerSandbox(Sandbox):
         self._prepared = False
         self._closed = False
         self._close_lock = asyncio.Lock()
+        # gVisor's runsc cannot change a running sandbox's weight (`docker update` fails), so its warm
+        # sandboxes start at the usual weight rather than keep the lowest for their whole run.
+        self._standby = spec.standby and (runtime is None or runtime.kernel != "gvisor")
 
     @property
     def run_id(self) -> str:
@@ -102,7 +105,7 @@ class ContainerSandbox(Sandbox):
         options = hardening.container_options(
             self._config, image=self._image, command=[self.cli_path, *argv], environment=environment,
             run_id=self.run_id, user=self._user, cli_binary=self._shared_cli, sandbox=self._runtime,
-            name=f"fsrlm-{hardening.safe_name(self.run_id)}-{secrets.token_hex(3)}",
+            name=f"fsrlm-{hardening.safe_name(self.run_id)}-{secrets.token_hex(3)}", standby=self._standby,
             **self.workspace.mount_options(), **self.channel.mount_options(),
         )
         api = self.engine.api
@@ -122,6 +125,14 @@ class ContainerSandbox(Sandbox):
         await self.channel.started(container_id, process)
         logger.debug("started %s for run %s on %s", container_id[:12], self.run_id, self.engine.ref.label)
         return process
+
+    async def activate(self) -> None:
+        if not self._standby or not self._container_ids:
+            return
+        with docker_errors("raise the CPU weight of the warm container", self.engine.ref):
+            for container_id in self._container_ids:
+                await asyncio.to_thread(self.engine.api.update_container, container_id,
+                                        cpu_shares=hardening.ACTIVE_CPU_SHARES)
 
     @staticmethod
     def _create(api, options: hardening.ContainerOptions) -> str:

@@ -345,3 +345,30 @@ def test_write_answer_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     lc.write_answer("second")
     assert (tmp_path / "output" / "answer.md").read_text() == "second"
     assert os.listdir(tmp_path / "output") == ["answer.md"]  # no temp files left
+
+
+def test_the_mounted_broker_socket_is_used_directly(broker: FakeBroker, monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """In a Docker sandbox scripts skip the relay: HTTP over the mounted socket, same token and routes."""
+    path = str(tmp_path / "broker.sock")
+    asyncio.run_coroutine_threadsafe(web.UnixSite(broker.runner, path).start(), broker.loop).result(5)
+    monkeypatch.setenv("FSRLM_BROKER_URL", "http://127.0.0.1:9")  # nothing there: only the socket answers
+    monkeypatch.setattr(lc, "_SOCKET", path)
+    monkeypatch.setattr(lc, "_OPENER", lc._opener(path))
+    assert lc.llm_query("over the socket") == "echo:over the socket"
+    assert lc.llm_batch([f"p{i}" for i in range(20)]) == [f"echo:p{i}" for i in range(20)]
+    assert broker.requests[0]["headers"]["x-api-key"] == TOKEN
+    with pytest.raises(lc.BudgetExceeded):  # errors read as over TCP
+        lc.llm_query("REFUSE")
+    os.unlink(path)  # gone: said with the socket's name
+    monkeypatch.setattr(lc, "REFUSED_GRACE_S", 0.1)
+    with pytest.raises(lc.LLMError, match="FSRLM_BROKER_SOCKET") as info:
+        lc.llm_query("x")
+    assert info.value.error_type == "connection_error"
+
+
+def test_a_socket_variable_without_a_socket_keeps_tcp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FSRLM_BROKER_SOCKET", str(tmp_path / "none.sock"))
+    assert lc._broker_socket() is None
+    names = [type(h).__name__ for h in lc._opener(lc._broker_socket()).handlers]
+    assert "_UnixSocketHandler" not in names and "HTTPHandler" in names

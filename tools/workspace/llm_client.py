@@ -1,7 +1,8 @@
 """Call the model from your scripts, through the run's broker.
 
 This module is all a script needs to make subcalls. It talks only to the broker
-named by ``FSRLM_BROKER_URL`` and sends the run token (``FSRLM_BROKER_TOKEN``);
+named by ``FSRLM_BROKER_URL`` (through ``FSRLM_BROKER_SOCKET`` instead, where a Docker
+sandbox has the broker's socket mounted) and sends the run token (``FSRLM_BROKER_TOKEN``);
 it holds no API key, and the broker enforces every limit (subcalls per script,
 total subcalls, scripts, dollar budget, depth). Standard library only.
 
@@ -28,6 +29,7 @@ import fcntl
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -45,7 +47,52 @@ __all__ = [
 
 TIMEOUT_S = 600.0
 DEFAULT_CONCURRENCY = 8
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never use a proxy
+
+
+class _UnixSocketConnection(http.client.HTTPConnection):
+    """HTTP to the broker over the unix socket a Docker sandbox has mounted (``FSRLM_BROKER_SOCKET``)."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixSocketHandler(urllib.request.HTTPHandler):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._socket_path = path
+
+    def http_open(self, req: urllib.request.Request):
+        return self.do_open(lambda _host, timeout=None, **_: _UnixSocketConnection(self._socket_path, timeout), req)
+
+
+def _broker_socket() -> str | None:
+    path = os.environ.get("FSRLM_BROKER_SOCKET")
+    return path if path and os.path.exists(path) else None
+
+
+def _opener(socket_path: str | None) -> urllib.request.OpenerDirector:
+    """Never a proxy. Where the broker's socket is mounted (a Docker sandbox), straight to it: one hop
+    fewer than the in-sandbox relay (which the CLI needs, as it speaks TCP only); the same broker,
+    token and limits."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if socket_path:
+        handlers.append(_UnixSocketHandler(socket_path))
+    return urllib.request.build_opener(*handlers)
+
+
+_SOCKET = _broker_socket()
+_OPENER = _opener(_SOCKET)
 _ARTIFACT_LOCK = threading.Lock()
 
 
@@ -144,7 +191,8 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, TimeoutError):
             raise LLMError(f"the broker did not answer within {TIMEOUT_S:.0f} s", error_type="timeout") from None
-        raise LLMError(f"the broker is not reachable at FSRLM_BROKER_URL={base!r}: {reason}",
+        where = f"FSRLM_BROKER_SOCKET={_SOCKET!r}" if _SOCKET else f"FSRLM_BROKER_URL={base!r}"
+        raise LLMError(f"the broker is not reachable at {where}: {reason}",
                        error_type="connection_error") from None
     try:
         answer = json.loads(raw)
