@@ -130,7 +130,6 @@ class Sandbox(abc.ABC):
     async def activate(self) -> None:
         """A standby sandbox's run has started: give it the CPU weight of any running sandbox (a no-op
         where the backend has no weights)."""
-        return None
 
     @abc.abstractmethod
     async def collect(self) -> None:

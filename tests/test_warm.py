@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from fsrlm.executors.base import LABEL_ORCHESTRATOR
+from fsrlm.executors.docker.hardening import ACTIVE_CPU_SHARES, STANDBY_CPU_SHARES
+from fsrlm.executors.liveness import orchestrator_id
 from support import log_lines
 
 from fsrlm import RLM
 from fsrlm.errors import FsrlmError
-from fsrlm.executors.base import LABEL_ORCHESTRATOR
-from fsrlm.executors.liveness import orchestrator_id
-from fsrlm.executors.docker.hardening import ACTIVE_CPU_SHARES, STANDBY_CPU_SHARES
 from fsrlm.testing.plans import bash_plan, count_label_plan
 from fsrlm.warm import WarmPool
 
@@ -127,7 +127,7 @@ def test_the_pool_refills_after_a_run_while_a_slot_is_still_ready(docker_image, 
     for size, seen_during_the_run in ((2, (1, 0)), (1, (0, 1))):
         seen: list[tuple[int, int]] = []
 
-        def watch(event) -> None:
+        def watch(event, seen=seen) -> None:
             if event.kind == "script_started":
                 seen.append((rlm._warm.pool.ready, rlm._warm.pool.filling))
 
