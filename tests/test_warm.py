@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from fsrlm.executors.base import LABEL_ORCHESTRATOR
-from fsrlm.executors.docker.hardening import ACTIVE_CPU_SHARES, STANDBY_CPU_SHARES
-from fsrlm.executors.liveness import orchestrator_id
 from support import log_lines
 
 from fsrlm import RLM
 from fsrlm.errors import FsrlmError
+from fsrlm.executors.base import LABEL_ORCHESTRATOR
+from fsrlm.executors.docker.hardening import ACTIVE_CPU_SHARES, STANDBY_CPU_SHARES
+from fsrlm.executors.liveness import orchestrator_id
 from fsrlm.testing.plans import bash_plan, count_label_plan
 from fsrlm.warm import WarmPool
 
