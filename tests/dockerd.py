@@ -4,8 +4,10 @@
 file in a private temp folder, listening only on ``tcp://127.0.0.1:<free
 port>`` — plain, or with ``tls=True`` behind ``--tlsverify`` with a CA, server
 and client certificates made on the spot (plus a second, unrelated CA to test
-a wrong one). No bridge, no iptables: its containers can only have
-``network_mode=none``, which is all fsRLM uses. The storage driver is the
+a wrong one). No iptables, and a bridge of its own that no container uses: its
+containers can only have ``network_mode=none``, which is all fsRLM uses. (Not
+``--bridge=none``: a dockerd started so deletes the host's ``docker0``, the main
+daemon's default bridge, and the network of every container on it.) The storage driver is the
 main daemon's (when it answers), so images load fast. ``runtimes`` registers OCI runtimes
 in its own daemon.json (e.g. gVisor's runsc, so a test "remote host" offers gVisor).
 
@@ -72,10 +74,52 @@ def _pid_alive(pid_file: Path) -> bool:
         return False
 
 
-def reap_stale(parent: Path = Path("/tmp")) -> list[Path]:
-    """Remove folders of second daemons whose dockerd is gone (their session was killed)."""
-    removed = []
+BRIDGE_PREFIX = "fsrlmdd"  # + the daemon's port: at most 12 characters (interface names: 15)
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+def _make_bridge(port: int, record: Path) -> str | None:
+    """A bridge for one second daemon, never used by a container; None where iproute2 is missing.
+    Its name goes to ``record`` first, so a reaper in another session never takes it for a stale one.
+
+    The address is from 198.18.0.0/15, the range set aside for benchmarking (RFC 2544): no
+    machine's network is there, and nothing is ever sent to it (no iptables, no container on it).
+    """
+    if not shutil.which("ip"):
+        return None
+    name = f"{BRIDGE_PREFIX}{port}"
+    record.write_text(name)
+    _ip("link", "del", name)  # a stale one of the same port
+    made = _ip("link", "add", name, "type", "bridge")
+    if made.returncode != 0:
+        logger.warning("could not make the bridge %s for the second dockerd: %s", name, made.stderr.strip())
+        return None
+    _ip("addr", "add", f"198.18.{port % 250 + 1}.1/24", "dev", name)
+    _ip("link", "set", name, "up")
+    return name
+
+
+def _stale_bridges(kept: set[str]) -> list[str]:
+    if not shutil.which("ip"):
+        return []
+    listed = _ip("-o", "link", "show", "type", "bridge").stdout.splitlines()
+    names = [line.split(":")[1].strip().split("@")[0] for line in listed if line.count(":") >= 2]
+    return [n for n in names if n.startswith(BRIDGE_PREFIX) and n[len(BRIDGE_PREFIX):].isdigit() and n not in kept]
+
+
+def reap_stale(parent: Path = Path("/tmp")) -> list[Path | str]:
+    """Remove folders (and bridges) of second daemons whose dockerd is gone (their session was killed)."""
+    removed: list[Path | str] = []
+    kept: set[str] = set()
     for folder in parent.glob("fsrlm-dd-*"):
+        try:
+            bridge = (folder / "bridge").read_text().strip()
+        except OSError:
+            bridge = ""
+        kept.add(bridge)  # until the folder is found stale
         pid_file = folder / "started.pid"  # written by start(); dockerd removes its own pid file on exit
         if not (folder / "daemon.json").is_file() or _pid_alive(pid_file):
             continue
@@ -85,6 +129,10 @@ def reap_stale(parent: Path = Path("/tmp")) -> list[Path]:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
+        kept.discard(bridge)
+    for name in _stale_bridges(kept):
+        _ip("link", "del", name)
+        removed.append(name)
     return removed
 
 
@@ -172,6 +220,7 @@ class SecondDockerd:
         self.start_timeout = start_timeout
         self.dir: Path | None = None
         self.port = 0
+        self.bridge: str | None = None
         self.certs: dict[str, Path] = {}
         self._proc: subprocess.Popen | None = None
 
@@ -215,8 +264,10 @@ class SecondDockerd:
         (self.dir / "daemon.json").write_text(json.dumps({"runtimes": self.runtimes} if self.runtimes else {}))
         args = ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
                 "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "dockerd.pid"),
-                "-H", self.url, "--bridge=none", "--iptables=false", "--ip-masq=false",
+                "-H", self.url, "--iptables=false", "--ip-masq=false",
                 "--userland-proxy=false", "--label", "fsrlm=1", "--log-level", "warn"]
+        self.bridge = _make_bridge(self.port, self.dir / "bridge")
+        args.append(f"--bridge={self.bridge or 'none'}")
         driver = self.storage_driver or _main_storage_driver()
         if driver:
             args += ["--storage-driver", driver]
@@ -277,6 +328,9 @@ class SecondDockerd:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
+        bridge, self.bridge = self.bridge, None
+        if bridge:
+            _ip("link", "del", bridge)
 
     def _kill_containerd(self) -> None:
         """dockerd stops its containerd; make sure, by the pid file it wrote."""

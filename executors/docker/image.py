@@ -268,6 +268,9 @@ def _build(client, tag: str, inputs: dict[str, Path], *, base: str, digest: str,
                 forcerm=True,
                 pull=False,
                 nocache=nocache,
+                # No step fetches anything (the CLI and the tools come in the context): the build's
+                # containers get no network, so a build works on an engine whose bridge is gone too.
+                network_mode="none",
                 decode=True,
             )
             for chunk in stream:
