@@ -13,8 +13,10 @@ figures are the machinery's own cost, not a model's. Sections:
   parallel N concurrent runs per executor: throughput and failures
   remote   remote-docker vs docker per run, and the workspace transfer rate (benchmarks/remote.py)
 
-Executors: local, docker, and docker-warm (docker from a warm pool: ``executor.warm``; each timed run
-takes a sandbox the pool started while the previous one ran).
+Executors: local, docker (``docker:runc``, ``docker:gvisor``), and ``docker-warm:runc`` /
+``docker-warm:gvisor``: docker from a warm pool (``executor.warm``); each timed run starts once the
+pool is full and starts nothing more, as a run finds it after a pause. The last table checks the
+warm-start targets (benchmarks/README.md) against the figures of the same run. Progress goes to stderr.
 
 Usage: fsrlm bench perf [--only broker,batch,...] [--executors local,docker:runc,docker:gvisor] [--quick] [--json]
 """
@@ -201,6 +203,11 @@ def bench_chunking(sizes_mb: list[int]) -> list[Row]:
 # -- whole runs ----------------------------------------------------------------------
 
 
+def progress(message: str) -> None:
+    """A line on stderr as the measurements go (a whole run takes many minutes)."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 WARM = "docker-warm"
 
 
@@ -258,6 +265,7 @@ def bench_runs(executors: list[str], reps: int) -> list[Row]:
                     assert result.success, result.errors
                     times.append(result.metrics.wall_seconds)
             median = statistics.median(times)
+            progress(f"runs: {executor} {median:.3f} s (median of {reps})")
             rows.append({"executor": executor, "median_s": round(median, 3), "overhead_s": round(median - bare, 3)})
     return rows
 
@@ -279,6 +287,7 @@ def bench_jobs(executors: list[str]) -> list[Row]:
                     _pool_ready(rlm)
                     result = rlm.invoke(text, question="How many records are ERROR?")
                 ideal = math.ceil(result.metrics.subcalls / 16) * latency / 1000
+                progress(f"jobs: {records} records, {executor} {result.metrics.wall_seconds:.3f} s")
                 rows.append({"job": f"{records} records, {result.metrics.subcalls} chunks, {latency} ms",
                              "executor": executor, "wall_s": result.metrics.wall_seconds,
                              "ok": result.success and result.answer == str(text.count("ERROR")),
@@ -304,6 +313,7 @@ def bench_parallel(executors: list[str], counts: list[int]) -> list[Row]:
                         rlm.invoke("warm-up", question="q")  # starts the pool
                         _pool_ready(rlm, n, seconds=300)
                     wall, failures = asyncio.run(_parallel(rlm, n))
+                progress(f"parallel: {n} x {executor} {wall:.2f} s, {failures} failed")
                 rows.append({"executor": executor, "concurrent_runs": n, "wall_s": round(wall, 2),
                              "runs_per_s": round(n / wall, 2), "failures": failures})
     return rows
@@ -382,12 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         section("chunking throughput and peak memory (target >= 100 MB/s, flat memory)",
                 bench_chunking([1, 100] if quick else [1, 100, 1024]))
     if "runs" in only:
-        section("per-run overhead vs the bare CLI (same 2-turn script)", bench_runs(executors, 3 if quick else 7))
+        section(RUNS, bench_runs(executors, 3 if quick else 7))
     if "jobs" in only:
-        section("reference jobs (30 chunks at 0 ms, ~100 chunks at 200 ms), subcall concurrency 16",
-                bench_jobs(executors))
+        section(JOBS, bench_jobs(executors))
     if "parallel" in only:
-        section("concurrent runs on this machine", bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16]))
+        section(PARALLEL, bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16]))
 
     if "remote" in only and any(e.startswith("docker") for e in executors):
         if args.remote_host or os.geteuid() == 0:
@@ -404,9 +413,41 @@ def main(argv: list[str] | None = None) -> int:
             print("(remote section skipped: give --remote-host, or run as root for a loopback dockerd)",
                   file=sys.stderr)
 
+    if WARM_TARGETS_NEED <= set(results):
+        section("warm-start targets (issue 15), from the tables above", warm_targets(results))
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
+
+
+RUNS, JOBS, PARALLEL = ("per-run overhead vs the bare CLI (same 2-turn script)",
+                        "reference jobs (30 chunks at 0 ms, ~100 chunks at 200 ms), subcall concurrency 16",
+                        "concurrent runs on this machine")
+WARM_TARGETS_NEED = {RUNS, JOBS}
+
+
+def warm_targets(results: dict[str, list[Row]]) -> list[Row]:
+    """Each target of the warm-start work against this run's figures, for every docker kernel measured."""
+    runs = {r["executor"]: r for r in results[RUNS]}
+    jobs = {(r["job"].split(" records")[0], r["executor"]): r for r in results[JOBS]}
+    rows: list[Row] = []
+
+    def check(target: str, executor: str, value: float | None, limit: float) -> None:
+        if value is not None:
+            rows.append({"target": target, "executor": executor, "measured": round(value, 3), "limit": limit,
+                         "met": value <= limit})
+
+    for kernel in ("runc", "gvisor"):
+        cold, warm = f"docker:{kernel}", f"{WARM}:{kernel}"
+        check("per-run overhead over the bare CLI, cold (s)", cold, runs.get(cold, {}).get("overhead_s"), 0.5)
+        check("per-run overhead over the bare CLI, warm (s)", warm, runs.get(warm, {}).get("overhead_s"), 0.1)
+        check("J1 from a warm pool (s)", warm, jobs.get(("1200", warm), {}).get("wall_s"), 0.65)
+        check("J2 from a warm pool (s)", warm, jobs.get(("4000", warm), {}).get("wall_s"), 2.1)
+        for row in results.get(PARALLEL, []):
+            if row["executor"] == warm and row["concurrent_runs"] == 16:
+                rows.append({"target": "16 concurrent warm runs: failures", "executor": warm,
+                             "measured": row["failures"], "limit": 0, "met": row["failures"] == 0})
+    return rows
 
 
 def _default_executors() -> list[str]:
@@ -421,8 +462,8 @@ def _default_executors() -> list[str]:
         return ["local"]
     if usable_gvisor(engine_runtimes(info), bind_socket=True) is None:  # runc and gVisor side by side when both
         print("(the engine has no gVisor runtime (`make gvisor`): docker under runc only)", file=sys.stderr)
-        return ["local", "docker:runc", WARM]
-    return ["local", "docker:runc", "docker:gvisor", WARM]
+        return ["local", "docker:runc", f"{WARM}:runc"]
+    return ["local", "docker:runc", f"{WARM}:runc", "docker:gvisor", f"{WARM}:gvisor"]
 
 
 if __name__ == "__main__":
