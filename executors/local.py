@@ -154,8 +154,11 @@ class LocalSandbox(Sandbox):
     def __init__(self, spec: SandboxSpec, cli_path: str, broker_url: str) -> None:
         self.spec = spec
         self.cli_path = cli_path
+        # The CLI's own temp files (task output, sockets) in the run folder, not in the host's
+        # /tmp/claude-<uid>, where every run would leave a folder; the scripts' TMPDIR is left alone.
         self.places = SandboxPlaces(workspace=str(spec.workspace), broker_url=broker_url,
-                                    home=str(spec.workspace / ".agent" / "home"))
+                                    home=str(spec.workspace / ".agent" / "home"),
+                                    plumbing={"CLAUDE_CODE_TMPDIR": str(spec.workspace / ".agent" / "tmp")})
         self._process: LocalProcess | None = None
         self._record: Path | None = None
         self._closed = False
@@ -171,6 +174,7 @@ class LocalSandbox(Sandbox):
             if self.spec.workspace_id is not None:
                 check_identity(self.spec.workspace, self.spec.workspace_id)
             make_dirs_beneath(self.spec.workspace, ".agent/home", 0o700)
+            make_dirs_beneath(self.spec.workspace, ".agent/tmp", 0o700)
         except (OSError, WorkspaceError) as e:
             raise SandboxError(f"Cannot start the agent in {self.places.workspace}: {e}") from None
         try:

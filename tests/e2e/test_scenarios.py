@@ -185,3 +185,21 @@ def test_workspace_removed_after_success_unless_preserved(executor_type, scripte
     assert result.success
     assert result.workspace_path is None
     assert not any((tmp_path / "runs").iterdir())
+
+
+def test_a_local_run_leaves_no_cli_files_in_the_hosts_temp_folder(scripted, make_config, tmp_path):
+    """The CLI keeps its temp files (task output) under CLAUDE_CODE_TMPDIR, in the run folder: a removed
+    run leaves nothing in /tmp/claude-<uid> (where, without it, every run left a folder)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from fsrlm.testing.plans import bash_plan
+
+    host_tmp = Path(tempfile.gettempdir()) / f"claude-{os.getuid()}"
+    before = set(host_tmp.iterdir()) if host_tmp.is_dir() else set()
+    scripted.plan = bash_plan("mkdir -p output && echo hi > output/answer.md")
+    result = RLM(make_config("local", preserve_workspace=False)).invoke("input", question="q")
+    assert result.success, result.errors
+    after = set(host_tmp.iterdir()) if host_tmp.is_dir() else set()
+    assert not [p for p in after - before if result.run_id in p.name]
