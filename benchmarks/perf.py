@@ -274,7 +274,8 @@ def _records(n: int) -> str:
     return "".join(f"record {i} user-{i % 17} {'ERROR' if i % 9 == 0 else 'OK'} {'payload ' * 3}\n" for i in range(n))
 
 
-def bench_jobs(executors: list[str]) -> list[Row]:
+def bench_jobs(executors: list[str], reps: int = 3) -> list[Row]:
+    """Each reference job per executor: the median of ``reps`` runs after a warm-up run (``runs_s``: each)."""
     rows: list[Row] = []
     for records, chunks, latency in ((1200, 30, 0), (4000, 100, 200)):
         text = _records(records)
@@ -282,15 +283,19 @@ def bench_jobs(executors: list[str]) -> list[Row]:
         with ScriptedModelServer(count_label_plan(chunk_size=chunk_size), subcall_latency_ms=latency) as model, \
                 tempfile.TemporaryDirectory() as tmp:
             for executor in executors:
+                results = []
                 with RLM(_config(executor, model.url, Path(tmp))) as rlm:
                     rlm.invoke(text, question="How many records are ERROR?")  # warm up
-                    _pool_ready(rlm)
-                    result = rlm.invoke(text, question="How many records are ERROR?")
-                ideal = math.ceil(result.metrics.subcalls / 16) * latency / 1000
-                progress(f"jobs: {records} records, {executor} {result.metrics.wall_seconds:.3f} s")
-                rows.append({"job": f"{records} records, {result.metrics.subcalls} chunks, {latency} ms",
-                             "executor": executor, "wall_s": result.metrics.wall_seconds,
-                             "ok": result.success and result.answer == str(text.count("ERROR")),
+                    for _ in range(reps):
+                        _pool_ready(rlm)
+                        results.append(rlm.invoke(text, question="How many records are ERROR?"))
+                walls = [r.metrics.wall_seconds for r in results]
+                ideal = math.ceil(results[0].metrics.subcalls / 16) * latency / 1000
+                progress(f"jobs: {records} records, {executor} {statistics.median(walls):.3f} s (median of {reps})")
+                rows.append({"job": f"{records} records, {results[0].metrics.subcalls} chunks, {latency} ms",
+                             "executor": executor, "wall_s": statistics.median(walls),
+                             "runs_s": " / ".join(f"{w:.2f}" for w in walls),
+                             "ok": all(r.success and r.answer == str(text.count("ERROR")) for r in results),
                              "ideal_subcall_waves_s": ideal})
     return rows
 
@@ -394,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if "runs" in only:
         section(RUNS, bench_runs(executors, 3 if quick else 7))
     if "jobs" in only:
-        section(JOBS, bench_jobs(executors))
+        section(JOBS, bench_jobs(executors, 1 if quick else 3))
     if "parallel" in only:
         section(PARALLEL, bench_parallel(executors, [1, 4, 8] if quick else [1, 4, 8, 16]))
 
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             with remote_host(args.remote_host) as host:
-                section("remote-docker vs docker, trivial 2-turn run", bench_overhead(host, 3 if quick else 5))
+                section("remote-docker vs docker, trivial 2-turn run (both under runc)", bench_overhead(host, 3 if quick else 5))
                 section("remote-docker workspace transfer (in, then everything back)", bench_transfer(host, 100))
         else:
             print("(remote section skipped: give --remote-host, or run as root for a loopback dockerd)",

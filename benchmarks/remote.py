@@ -45,12 +45,16 @@ def _config(executor: dict, url: str, tmp: Path) -> RLMConfig:
 
 
 def bench_overhead(host: str, reps: int) -> list[Row]:
-    """The same trivial 2-turn run (one Bash call writing the answer, then the end) on docker and remote-docker."""
+    """The same trivial 2-turn run (one Bash call writing the answer, then the end) on docker and remote-docker.
+
+    Both under runc: the engine here may offer gVisor (``isolation = "auto"`` would pick it) while the
+    loopback "remote" daemon does not, and the kernel, not the transport, would make the difference.
+    """
     rows: list[Row] = []
     medians: dict[str, float] = {}
     with ScriptedModelServer(bash_plan("echo hi > output/answer.md")) as model, tempfile.TemporaryDirectory() as tmp:
-        for name, executor in (("docker", {"type": "docker"}),
-                               ("remote-docker", {"type": "remote-docker", "host": host})):
+        for name, executor in (("docker", {"type": "docker", "isolation": "runc"}),
+                               ("remote-docker", {"type": "remote-docker", "host": host, "isolation": "runc"})):
             rlm = RLM(_config(executor, model.url, Path(tmp)))
             warm = rlm.invoke("input", question="q")  # image built / shipped, caches warm
             assert warm.success, warm.errors

@@ -19,7 +19,7 @@ that does not exist yet:
 * while a slot is still ready, the pool refills when a run ends rather than beside the
   runs: starting a sandbox takes the engine and the CPU (a second of both on 2 cores,
   several under gVisor, which has no CPU weights to change), and a run under way would
-  pay for it. A pool that has run dry refills at once.
+  pay for it. A pool that has run dry refills at once, one sandbox per core at a time.
 
 A slot fits a run when its CLI was started with the arguments the run needs (the
 pool's configuration, and the run's system prompt: a run with another system
@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import Callable
 
@@ -175,6 +176,10 @@ class WarmPool:
         self.made = 0  # slots started, for benchmarks and tests
         self.taken = 0
         self.running = 0  # runs on slots of this pool that have not ended
+        # Sandboxes started at once: one per core. A pool that ran dry in a burst of runs refills a
+        # few at a time instead of starting all of them beside those runs.
+        self.max_filling = max(1, os.cpu_count() or 1)
+        self._waiting = 0  # runs in take() waiting for a slot being started
 
     @property
     def ready(self) -> int:
@@ -196,10 +201,15 @@ class WarmPool:
         if self._closed or (self.running and self._slots):
             return  # a slot is still ready: refill when a run ends, not beside it
         missing = self.size - len(self._slots) - len(self._filling)
-        for _ in range(max(0, missing)):
+        room = self.max_filling - len(self._filling)
+        for _ in range(max(0, min(missing, room))):
             task = asyncio.ensure_future(self._fill_one(self.system))
             self._filling.add(task)
-            task.add_done_callback(self._filling.discard)
+            task.add_done_callback(self._filled)
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        self._filling.discard(task)
+        self._refill()  # the next ones, a few at a time
 
     async def _fill_one(self, system: str | None) -> None:
         try:
@@ -245,7 +255,8 @@ class WarmPool:
         """A slot started for ``system``, or None (the run goes cold); the pool refills meanwhile.
 
         When no slot is ready but some are being started, waits for one: a slot already
-        starting is never later than a cold start begun now.
+        starting is never later than a cold start begun now. Only as many runs wait as slots
+        are starting; the others start cold at once rather than queue behind them.
         """
         if self._closed:
             return None
@@ -265,9 +276,13 @@ class WarmPool:
                     self._refill()
                     return slot
                 asyncio.ensure_future(slot.discard())  # its CLI died while it waited (e.g. memory): never used
-            if not self._filling or self._closed:
-                return None
-            await asyncio.wait(set(self._filling), return_when=asyncio.FIRST_COMPLETED)
+            if self._closed or self._waiting >= len(self._filling):
+                return None  # every slot being started is spoken for by a run that asked earlier
+            self._waiting += 1
+            try:
+                await asyncio.wait(set(self._filling), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiting -= 1
 
     def _run_ended(self) -> None:
         self.running -= 1

@@ -143,6 +143,31 @@ def test_the_pool_refills_after_a_run_while_a_slot_is_still_ready(docker_image, 
             assert rlm._warm.pool.running == 0
 
 
+def test_a_burst_that_empties_the_pool_refills_it_a_few_at_a_time(docker_image, scripted, make_config):
+    """Runs that take every slot at once: the pool refills one sandbox per core at a time, not all at once."""
+    import asyncio
+
+    scripted.plan = bash_plan("mkdir -p output && echo hi > output/answer.md")
+    starting: list[int] = []
+
+    def watch(event) -> None:
+        starting.append(rlm._warm.pool.filling)
+
+    with RLM(make_config({"type": "docker", "warm": 4})) as rlm:
+        rlm.invoke("warm-up", question="q")
+        _wait_settled(rlm, 4)
+        rlm._warm.pool.max_filling = 2  # one per core on this 2-core machine; the same on any machine
+
+        async def burst():
+            return await asyncio.gather(*(rlm.ainvoke(f"input {i}", question="q", on_event=watch) for i in range(4)))
+
+        results = asyncio.run(burst())
+        assert all(r.success for r in results), [r.errors for r in results]
+        pool = rlm._warm.pool
+        assert pool.taken == 5 and max(starting) <= 2, starting
+        _wait_settled(rlm, 4)
+
+
 def _wait_settled(rlm: RLM, n: int, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while rlm._warm.pool.ready < n or rlm._warm.pool.filling:
