@@ -115,6 +115,7 @@ def test_a_waiting_slot_yields_the_cpu_until_a_run_takes_it(docker_image, script
         [waiting] = _ours(docker_client)
         hc = waiting.attrs["HostConfig"]
         assert hc["CpuShares"] == STANDBY_CPU_SHARES and hc["NanoCpus"] == 1_000_000_000
+        assert (hc["Memory"], hc["PidsLimit"]) == (2 * 1024**3, 256)  # every limit as configured
         result = rlm.invoke("input", question="q")
     assert result.success, result.errors
     assert result.answer in (str(ACTIVE_CPU_SHARES), "100")  # what the run's own cgroup said (v1 / v2)

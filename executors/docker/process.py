@@ -208,15 +208,18 @@ class DockerAgentProcess(AgentProcess):
         self._stop_backpressure()
         if self._result is not None or self._lost:
             return
+        # Said before the engine is asked: the container can be gone, and wait() done, before it answers.
+        before, self._killed = self._killed, True
         try:
             await asyncio.to_thread(self._api.kill, self.container_id)
-            self._killed = True
         except docker.errors.NotFound:
-            pass  # removed from outside
+            self._killed = before  # removed from outside
         except docker.errors.APIError as e:
-            if e.status_code != 409:  # 409: not running any more
+            self._killed = before  # 409: not running any more (it ended by itself, or an earlier kill did it)
+            if e.status_code != 409:
                 raise SandboxError(f"Cannot kill container {self.container_id[:12]}: {e.explanation or e}") from e
         except (requests.exceptions.RequestException, docker.errors.DockerException) as e:
+            self._killed = before
             raise map_docker_error(e, f"kill container {self.container_id[:12]}", self._engine) from e
 
     async def wait(self) -> ExecResult:
