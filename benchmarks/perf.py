@@ -240,6 +240,7 @@ def _bare_cli(url: str, tmp: Path) -> float:
     ws = tmp / "bare"
     ws.mkdir(exist_ok=True)
     env = {"PATH": os.environ["PATH"], "HOME": str(ws), "CLAUDE_CONFIG_DIR": str(ws / ".agent"),
+           "CLAUDE_CODE_TMPDIR": str(ws),  # the bare CLI's temp files go with the bench's temp folder
            "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "x", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     t = time.perf_counter()
     subprocess.run([str(bundled_cli()), "-p", "go", "--output-format", "stream-json", "--verbose",

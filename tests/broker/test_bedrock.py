@@ -262,6 +262,7 @@ def cli_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         "CLAUDE_CONFIG_DIR": str(tmp_path / ".agent"),
+        "CLAUDE_CODE_TMPDIR": str(tmp_path),  # not a folder left in the host's /tmp/claude-<uid>
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "CLAUDE_CODE_USE_BEDROCK": "1",
         "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",

@@ -232,6 +232,7 @@ async def test_policy_control_the_host_cli_offers_web_tools(fake_broker, tmp_pat
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
                "CLAUDE_CONFIG_DIR": str(tmp_path / ".agent"), "ANTHROPIC_API_KEY": fake_broker.token,
+               "CLAUDE_CODE_TMPDIR": str(tmp_path),  # not a folder left in the host's /tmp/claude-<uid>
                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{unused_tcp_port}",
                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
         await asyncio.sleep(0.2)

@@ -277,6 +277,7 @@ def test_real_cli_runs_count_label_plan(tmp_path):
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
             "CLAUDE_CONFIG_DIR": str(tmp_path / ".agent"),
+            "CLAUDE_CODE_TMPDIR": str(tmp_path),  # not a folder left in the host's /tmp/claude-<uid>
             "ANTHROPIC_BASE_URL": srv.url,
             "ANTHROPIC_API_KEY": "x",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
