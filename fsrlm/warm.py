@@ -95,8 +95,24 @@ class WarmSlot:
     async def prepare(self, spec: SandboxSpec) -> Sandbox:
         if spec.workspace != self.workspace.root or spec.broker.unix_socket != self.socket.path:
             raise SandboxError(f"warm slot {self.run_id} was prepared for another run folder or broker")
-        return _WarmSandbox(self._sandbox, self._process, self._argv, spec.timeout_seconds, self._activated,
-                            self._run_over)
+        return _WarmSandbox(self, self._process, spec.timeout_seconds)
+
+    async def end_run(self) -> None:
+        """The run this slot served is over: close its sandbox and tell the pool."""
+        try:
+            await self._settle()
+            await self._sandbox.close()
+        finally:
+            self._run_over()
+
+    async def _settle(self) -> None:
+        """Wait for the CPU-weight change ``take`` started."""
+        if self._activated is not None:
+            try:
+                await self._activated
+            except SandboxError as e:  # the run went on at the standby weight: slower, never less isolated
+                logger.warning("could not raise the warm sandbox's CPU weight: %s", e)
+            self._activated = None
 
     def _run_over(self) -> None:
         """Tell the pool, once, that the run this slot served has ended (closed, or failed before it began)."""
@@ -106,9 +122,7 @@ class WarmSlot:
 
     async def discard(self) -> None:
         """Close a slot no run took: its container, its socket, its (template-only) run folder."""
-        if self._activated is not None:
-            with contextlib.suppress(SandboxError):
-                await self._activated
+        await self._settle()
         try:
             await self._sandbox.close()
         except SandboxError as e:
@@ -121,15 +135,13 @@ class WarmSlot:
 class _WarmSandbox(Sandbox):
     """The slot's sandbox, handed to its one run: ``start_agent`` returns the CLI already running."""
 
-    def __init__(self, inner: Sandbox, process: AgentProcess, argv: list[str], timeout_seconds: float,
-                 activated: asyncio.Task[None] | None = None, on_close: Callable[[], None] | None = None) -> None:
-        self._inner = inner
+    def __init__(self, slot: WarmSlot, process: AgentProcess, timeout_seconds: float) -> None:
+        self._slot = slot
+        self._inner = slot._sandbox
         self._process: AgentProcess | None = process
-        self._argv = argv
+        self._argv = slot._argv
         self._timeout = timeout_seconds
-        self._activated = activated
-        self._on_close = on_close
-        self.cli_path = inner.cli_path
+        self.cli_path = self._inner.cli_path
 
     async def start_agent(self, argv: list[str]) -> AgentProcess:
         process, self._process = self._process, None
@@ -146,17 +158,7 @@ class _WarmSandbox(Sandbox):
         await self._inner.collect()
 
     async def close(self) -> None:
-        if self._activated is not None:
-            try:
-                await self._activated
-            except SandboxError as e:  # the run went on at the standby weight: slower, never less isolated
-                logger.warning("could not raise the warm sandbox's CPU weight: %s", e)
-        try:
-            await self._inner.close()
-        finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
+        await self._slot.end_run()
 
 
 class WarmPool:
