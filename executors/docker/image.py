@@ -84,6 +84,9 @@ def cli_binary() -> Path:
     return path
 
 
+TOOLS_INPUT = "workspace-tools/"  # build-context folder of the agent's tools (the Dockerfile compiles them)
+
+
 def build_inputs() -> dict[str, Path]:
     """Build-context name -> source file."""
     sandbox = _package_file("fsrlm.images", "sandbox")
@@ -96,6 +99,11 @@ def build_inputs() -> dict[str, Path]:
         "mux.py": _package_file("fsrlm.tools", "mux.py"),
         "claude": cli_binary(),
     }
+    # The agent's tools, as every workspace gets them: compiled into the image's bytecode cache
+    # for /workspace/tools (see the Dockerfile), so a script's imports need not compile them.
+    for tool in sorted(_package_file("fsrlm.tools", "workspace").glob("*.py")):
+        if tool.name != "__init__.py":
+            inputs[f"{TOOLS_INPUT}{tool.name}"] = tool
     missing = [str(p) for p in inputs.values() if not p.is_file()]
     if missing:
         raise ImageError(f"Sandbox image inputs are missing: {', '.join(missing)}; reinstall fsrlm.")
@@ -230,6 +238,10 @@ _CONTEXT = {
 }
 
 
+def _context_entry(name: str) -> tuple[str, int]:
+    return (name, 0o644) if name.startswith(TOOLS_INPUT) else _CONTEXT[name]
+
+
 def _write_context(inputs: dict[str, Path], fileobj) -> None:
     """Write the build context as a tar: root-owned, fixed modes, no timestamps."""
 
@@ -242,11 +254,12 @@ def _write_context(inputs: dict[str, Path], fileobj) -> None:
         return info
 
     with tarfile.open(fileobj=fileobj, mode="w") as tar:
-        directories = sorted({str(p) for name in inputs for p in Path(_CONTEXT[name][0]).parents if str(p) != "."})
+        directories = sorted({str(p) for name in inputs for p in Path(_context_entry(name)[0]).parents
+                              if str(p) != "."})
         for directory in directories:
             tar.addfile(entry(directory, directory=True))
         for name, path in sorted(inputs.items()):
-            arcname, mode = _CONTEXT[name]
+            arcname, mode = _context_entry(name)
             with open(path, "rb") as f:
                 tar.addfile(entry(arcname, size=os.fstat(f.fileno()).st_size, mode=mode), f)
     fileobj.seek(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import time
 import uuid
@@ -43,7 +44,7 @@ def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str]:
 def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     inputs = build_inputs()
     assert set(inputs) == {"Dockerfile", "entrypoint.sh", "managed-settings.json", "agent-shell.sh", "relay.py", "mux.py",
-                           "claude"}
+                           "claude", "workspace-tools/chunking.py", "workspace-tools/llm_client.py"}
     base = input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base == input_hash(inputs, DEFAULT_BASE_IMAGE)
     assert base != input_hash(inputs, "debian:bookworm")
@@ -51,6 +52,10 @@ def test_input_hash_tracks_every_input(tmp_path: Path) -> None:
     changed["relay.py"] = tmp_path / "relay.py"
     changed["relay.py"].write_text(inputs["relay.py"].read_text() + "\n# changed\n")
     assert input_hash(changed, DEFAULT_BASE_IMAGE) != base
+    edited_tool = dict(inputs)  # the agent's tools are compiled into the image: an edit is a new image
+    edited_tool["workspace-tools/chunking.py"] = tmp_path / "chunking.py"
+    edited_tool["workspace-tools/chunking.py"].write_text(inputs["workspace-tools/chunking.py"].read_text() + "\n# changed\n")
+    assert input_hash(edited_tool, DEFAULT_BASE_IMAGE) != base
 
 
 def test_default_tag_names_the_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -151,3 +156,34 @@ def test_base_image_resolution(docker_image: str, docker_client) -> None:
     assert resolve_base_image(docker_client) in (DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE)
     with pytest.raises(ImageError, match="docker load"):
         resolve_base_image(docker_client, "fsrlm-no-such-base:1", pull_timeout=20)
+
+
+@pytest.mark.docker
+def test_python_imports_come_compiled_from_the_image(docker_image: str, docker_client, tmp_path: Path) -> None:
+    """The standard library and the agent's tools are compiled once per image (PYTHONPYCACHEPREFIX): a
+    script's imports read bytecode, and a tool the agent edits is compiled afresh, never served stale."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("chunking.py", "llm_client.py"):
+        shutil.copy(ROOT / "tools/workspace" / name, tools / name)
+    tools.chmod(0o755)
+    run = dict(entrypoint=[], read_only=True, environment={"PYTHONPATH": "/workspace/tools"},
+               volumes={str(tools): {"bind": "/workspace/tools", "mode": "ro"}})
+    verbose = ["python3", "-v", "-c", "import chunking, llm_client; print('edited', hasattr(llm_client, 'EDITED'))"]
+
+    code, out = _run(docker_client, docker_image, verbose, **run)
+    assert code == 0, out
+    cached = set(re.findall(r"code object from '/opt/fsrlm/pycache/(\S+?)\.cpython-\d+\.pyc'", out))
+    assert {"workspace/tools/chunking", "workspace/tools/llm_client"} <= cached
+    assert any(c.endswith("/http/client") for c in cached), sorted(cached)  # the standard library, whatever the base
+    assert "edited False" in out
+
+    with (tools / "llm_client.py").open("a") as f:
+        f.write("\nEDITED = 1\n")
+    code, out = _run(docker_client, docker_image, verbose, **run)
+    assert code == 0, out
+    assert "edited True" in out
+    assert "workspace/tools/llm_client" not in set(re.findall(r"code object from '/opt/fsrlm/pycache/(\S+?)\.cpython", out))
+
+    code, out = _run(docker_client, docker_image, ["ls", "-A", "/workspace"], entrypoint=[])
+    assert (code, out) == (0, "")  # the image's /workspace stays empty: a remote run's volume is filled from it
