@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -354,7 +355,6 @@ def test_the_mounted_broker_socket_is_used_directly(broker: FakeBroker, monkeypa
     asyncio.run_coroutine_threadsafe(web.UnixSite(broker.runner, path).start(), broker.loop).result(5)
     monkeypatch.setenv("FSRLM_BROKER_URL", "http://127.0.0.1:9")  # nothing there: only the socket answers
     monkeypatch.setattr(lc, "_SOCKET", path)
-    monkeypatch.setattr(lc, "_OPENER", lc._opener(path))
     assert lc.llm_query("over the socket") == "echo:over the socket"
     assert lc.llm_batch([f"p{i}" for i in range(20)]) == [f"echo:p{i}" for i in range(20)]
     assert broker.requests[0]["headers"]["x-api-key"] == TOKEN
@@ -370,5 +370,23 @@ def test_the_mounted_broker_socket_is_used_directly(broker: FakeBroker, monkeypa
 def test_a_socket_variable_without_a_socket_keeps_tcp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FSRLM_BROKER_SOCKET", str(tmp_path / "none.sock"))
     assert lc._broker_socket() is None
-    names = [type(h).__name__ for h in lc._opener(lc._broker_socket()).handlers]
-    assert "_UnixSocketHandler" not in names and "HTTPHandler" in names
+    conn, prefix = lc._connection("http://127.0.0.1:9", lc._broker_socket())
+    assert type(conn) is http.client.HTTPConnection and (conn.host, conn.port, prefix) == ("127.0.0.1", 9, "")
+
+
+@pytest.mark.parametrize("url", ["", "https://127.0.0.1:9", "127.0.0.1:9", "http://127.0.0.1:port"])
+def test_a_broker_url_that_is_not_plain_http_is_said(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSRLM_BROKER_URL", url)
+    monkeypatch.setattr(lc, "_SOCKET", None)
+    with pytest.raises(lc.LLMError, match="FSRLM_BROKER_URL") as info:
+        lc.llm_query("x")
+    assert info.value.error_type == "connection_error"
+
+
+def test_scripts_import_no_more_than_they_need() -> None:
+    """Every script pays for llm_client's imports at its start: not urllib.request (hashlib, tempfile, shutil…)."""
+    code = ("import sys, llm_client; "
+            "print(' '.join(m for m in ('urllib.request', 'hashlib', 'tempfile', 'shutil') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": str(TOOLS)}, capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    assert out.strip() == ""

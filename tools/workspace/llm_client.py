@@ -25,18 +25,18 @@ it lives elsewhere, and ``<interactive>`` for ``python -c`` or a REPL.
 
 from __future__ import annotations
 
+# Only what every script needs, imported at once: a script pays for each module at every start.
+# http.client, not urllib.request (which adds hashlib, tempfile, shutil and more), and so never a
+# proxy; tempfile only when an answer is written.
 import fcntl
 import http.client
 import json
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,32 +67,28 @@ class _UnixSocketConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _UnixSocketHandler(urllib.request.HTTPHandler):
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._socket_path = path
-
-    def http_open(self, req: urllib.request.Request):
-        return self.do_open(lambda _host, timeout=None, **_: _UnixSocketConnection(self._socket_path, timeout), req)
-
-
 def _broker_socket() -> str | None:
     path = os.environ.get("FSRLM_BROKER_SOCKET")
     return path if path and os.path.exists(path) else None
 
 
-def _opener(socket_path: str | None) -> urllib.request.OpenerDirector:
-    """Never a proxy. Where the broker's socket is mounted (a Docker sandbox), straight to it: one hop
-    fewer than the in-sandbox relay (which the CLI needs, as it speaks TCP only); the same broker,
-    token and limits."""
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+def _connection(base: str, socket_path: str | None) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the broker, and the path its routes are under. Never a proxy. Where the
+    broker's socket is mounted (a Docker sandbox), straight to it: one hop fewer than the in-sandbox
+    relay (which the CLI needs, as it speaks TCP only); the same broker, token and limits."""
+    parts = urllib.parse.urlsplit(base)
     if socket_path:
-        handlers.append(_UnixSocketHandler(socket_path))
-    return urllib.request.build_opener(*handlers)
+        return _UnixSocketConnection(socket_path, TIMEOUT_S), parts.path
+    if parts.scheme != "http" or not parts.hostname:
+        raise LLMError(f"FSRLM_BROKER_URL must be an http:// URL (got {base!r})", error_type="connection_error")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise LLMError(f"FSRLM_BROKER_URL has no valid port (got {base!r})", error_type="connection_error") from None
+    return http.client.HTTPConnection(parts.hostname, port, timeout=TIMEOUT_S), parts.path
 
 
 _SOCKET = _broker_socket()
-_OPENER = _opener(_SOCKET)
 _ARTIFACT_LOCK = threading.Lock()
 
 
@@ -154,17 +150,22 @@ _SCRIPT_HEADER = (SCRIPT_NAME if SCRIPT_NAME.isascii() and SCRIPT_NAME.isprintab
 REFUSED_GRACE_S = 5.0  # a sandbox's relay starts beside the agent: it may refuse for its first moments
 
 
-def _open(req: urllib.request.Request) -> bytes:
-    """Send ``req``; a refused connection (nothing was sent) is tried again for a few seconds."""
+def _send(base: str, method: str, route: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    """Send one request; return (status, reason, body). A refused connection (nothing was sent) is
+    tried again for a few seconds."""
     deadline = time.monotonic() + REFUSED_GRACE_S
     while True:
+        conn, prefix = _connection(base, _SOCKET)
         try:
-            with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
-                return resp.read()
-        except urllib.error.URLError as exc:
-            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+            conn.request(method, prefix + route, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.reason, resp.read()
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+        finally:
+            conn.close()
+        time.sleep(0.05)
 
 
 def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -182,18 +183,16 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
     if body is not None:
         data = json.dumps(body).encode("utf-8")
         headers["content-type"] = "application/json"
-    req = urllib.request.Request(base + route, data=data, headers=headers, method=method)
     try:
-        raw = _open(req)
-    except urllib.error.HTTPError as exc:
-        raise _from_http_error(exc) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, timeout…
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, TimeoutError):
-            raise LLMError(f"the broker did not answer within {TIMEOUT_S:.0f} s", error_type="timeout") from None
+        status, reason, raw = _send(base, method, route, data, headers)
+    except TimeoutError:
+        raise LLMError(f"the broker did not answer within {TIMEOUT_S:.0f} s", error_type="timeout") from None
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, gone…
         where = f"FSRLM_BROKER_SOCKET={_SOCKET!r}" if _SOCKET else f"FSRLM_BROKER_URL={base!r}"
-        raise LLMError(f"the broker is not reachable at {where}: {reason}",
+        raise LLMError(f"the broker is not reachable at {where}: {exc}",
                        error_type="connection_error") from None
+    if status >= 400:
+        raise _from_http_error(status, reason, raw)
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -203,14 +202,8 @@ def _request(method: str, route: str, body: dict[str, Any] | None = None) -> dic
     return answer
 
 
-def _from_http_error(exc: urllib.error.HTTPError) -> LLMError:
+def _from_http_error(status: int, reason: str, raw: bytes) -> LLMError:
     """Map a broker error answer (JSON error body) to LLMError / BudgetExceeded."""
-    try:
-        raw = exc.read()
-    except OSError:
-        raw = b""
-    finally:
-        exc.close()
     kind, message, limit = None, raw.decode("utf-8", "replace").strip()[:500], None
     try:
         err = json.loads(raw)["error"]
@@ -218,11 +211,11 @@ def _from_http_error(exc: urllib.error.HTTPError) -> LLMError:
         message = err.get("message") or message
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    message = message or exc.reason or "no message"
-    if exc.code == 402 or kind == "limit_exceeded":
+    message = message or reason or "no message"
+    if status == 402 or kind == "limit_exceeded":
         text = f"limit reached ({limit}): {message}" if limit else f"limit reached: {message}"
-        return BudgetExceeded(text, limit=limit, status=exc.code, error_type=kind or "limit_exceeded")
-    return LLMError(f"broker error {exc.code} ({kind or 'unknown'}): {message}", status=exc.code, error_type=kind)
+        return BudgetExceeded(text, limit=limit, status=status, error_type=kind or "limit_exceeded")
+    return LLMError(f"broker error {status} ({kind or 'unknown'}): {message}", status=status, error_type=kind)
 
 
 def llm_query(prompt: str, *, system: str | None = None, model: str | None = None,
@@ -365,6 +358,8 @@ def write_answer(text: str) -> str:
     Readers never see a half-written file: the text goes to a temporary file that
     then replaces the answer in one step. Calling it again overwrites the answer.
     """
+    import tempfile
+
     target = _workspace_path(os.path.join("output", "answer.md"))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
