@@ -15,7 +15,8 @@
 # * FSRLM_SCRIPT_PROCESSES (also gVisor only, where the sandbox's kernel counts RLIMIT_NPROC
 #   per sandbox; under runc it would count the uid's processes on the whole host): the
 #   commands may have fewer tasks than the agent, so a fork bomb leaves the CLI room to go on.
-{ [ "$(cat /proc/self/oom_score_adj)" -lt 500 ] && echo 500 > /proc/self/oom_score_adj; } 2>/dev/null
+# (read, not $(cat ...): no process started for it; the CLI starts this shell several times a command.)
+{ read -r adj < /proc/self/oom_score_adj && [ "$adj" -lt 500 ] && echo 500 > /proc/self/oom_score_adj; } 2>/dev/null
 if [ -n "${FSRLM_SCRIPT_MEMORY_KB:-}" ]; then ulimit -v "$FSRLM_SCRIPT_MEMORY_KB" 2>/dev/null; fi
 if [ -n "${FSRLM_SCRIPT_PROCESSES:-}" ]; then ulimit -p "$FSRLM_SCRIPT_PROCESSES" 2>/dev/null; fi
 exec /bin/bash "$@"

@@ -130,7 +130,8 @@ import subprocess, sys
 hog = "x = []\\nfor i in range(96):\\n    x.append(b'\\\\x01' * (64 << 20))\\n    print(len(x) * 64, flush=True)\\n"
 p = subprocess.run([sys.executable, "-c", hog], capture_output=True, text=True)
 lines = p.stdout.split()
-F.update(forked=len(children), failure=failure, returncode=p.returncode, peak_mb=int(lines[-1]) if lines else 0)
+F.update(forked=len(children), failure=failure, returncode=p.returncode, peak_mb=int(lines[-1]) if lines else 0,
+         oom_score_adj=open("/proc/self/oom_score_adj").read().strip())
 save()
 from llm_client import write_answer
 write_answer(f"forked {len(children)}, then {failure}; the 6 GB allocation ended {p.returncode}")
@@ -151,6 +152,8 @@ def test_runaway_script_dies_alone(attack_run, finding, sandbox_runtime):
     assert found["failure"] == "EAGAIN", found
     assert found["returncode"] == (1 if sandbox_runtime == "runsc" else -9), found
     assert found["peak_mb"] < 2048
+    if sandbox_runtime != "runsc":  # the agent's shell makes its commands the OOM killer's first choice
+        assert found["oom_score_adj"] == "500", found
     f.observed = (f"{found['forked']} forks, then {found['failure']}; allocation ended {found['returncode']} at "
                   f"{found['peak_mb']} MB; run {result.stop_reason}")
 
