@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -250,25 +252,53 @@ def _bare_cli(url: str, tmp: Path) -> float:
 
 
 def bench_runs(executors: list[str], reps: int) -> list[Row]:
-    rows: list[Row] = []
-    with ScriptedModelServer(bash_plan("mkdir -p output && echo hi > output/answer.md")) as model, tempfile.TemporaryDirectory() as tmp:
+    """The bare CLI and each executor, in ``reps`` interleaved rounds (the machine's drift over the
+    minutes a section takes then falls on every executor alike)."""
+    with ScriptedModelServer(bash_plan("mkdir -p output && echo hi > output/answer.md")) as model, \
+            tempfile.TemporaryDirectory() as tmp, _opened(executors, model.url, Path(tmp)) as rlms:
         tmp_path = Path(tmp)
         _bare_cli(model.url, tmp_path)  # warm caches
-        bare = statistics.median(_bare_cli(model.url, tmp_path) for _ in range(reps))
-        rows.append({"executor": "bare CLI (no fsRLM)", "median_s": round(bare, 3), "overhead_s": 0.0})
-        for executor in executors:
-            with RLM(_config(executor, model.url, tmp_path)) as rlm:
-                rlm.invoke("input", question="q")  # warm up (image, caches)
-                times = []
-                for _ in range(reps):
-                    _pool_ready(rlm)
-                    result = rlm.invoke("input", question="q")
-                    assert result.success, result.errors
-                    times.append(result.metrics.wall_seconds)
-            median = statistics.median(times)
-            progress(f"runs: {executor} {median:.3f} s (median of {reps})")
-            rows.append({"executor": executor, "median_s": round(median, 3), "overhead_s": round(median - bare, 3)})
+        bare: list[float] = []
+        times: dict[str, list[float]] = {executor: [] for executor in executors}
+        for rlm in rlms.values():
+            rlm.invoke("input", question="q")  # warm up (image, caches, the pool)
+        for round_ in range(reps):
+            progress(f"runs: round {round_ + 1} of {reps}")
+            _all_ready(rlms)
+            bare.append(_bare_cli(model.url, tmp_path))
+            for executor, rlm in rlms.items():
+                _all_ready(rlms)
+                result = rlm.invoke("input", question="q")
+                assert result.success, result.errors
+                times[executor].append(result.metrics.wall_seconds)
+    bare_s = statistics.median(bare)
+    rows: list[Row] = [{"executor": "bare CLI (no fsRLM)", "median_s": round(bare_s, 3), "overhead_s": 0.0}]
+    for executor, walls in times.items():
+        median = statistics.median(walls)
+        progress(f"runs: {executor} {median:.3f} s (median of {reps})")
+        rows.append({"executor": executor, "median_s": round(median, 3), "overhead_s": round(median - bare_s, 3)})
     return rows
+
+
+@contextlib.contextmanager
+def _opened(executors: list[str], url: str, tmp: Path) -> Iterator[dict[str, RLM]]:
+    """One RLM object per executor, all open at once (each warm one with its pool)."""
+    with contextlib.ExitStack() as stack:
+        yield {executor: stack.enter_context(RLM(_config(executor, url, tmp))) for executor in executors}
+
+
+SETTLE_S = 1.0  # after a pool is full: the new sandboxes' CLIs finish the start-up work that follows initialize
+
+
+def _all_ready(rlms: dict[str, RLM]) -> None:
+    """Every warm pool full, starting nothing, and settled: no sandbox starts beside the run measured next,
+    whichever executor's it is (a waiting sandbox's low CPU weight ranks it below other containers, not
+    below the host's processes, such as the local executor's)."""
+    pools = [rlm for rlm in rlms.values() if rlm._warm is not None]
+    for rlm in pools:
+        _pool_ready(rlm)
+    if pools:
+        time.sleep(SETTLE_S)
 
 
 def _records(n: int) -> str:
@@ -276,28 +306,31 @@ def _records(n: int) -> str:
 
 
 def bench_jobs(executors: list[str], reps: int = 3) -> list[Row]:
-    """Each reference job per executor: the median of ``reps`` runs after a warm-up run (``runs_s``: each)."""
+    """Each reference job per executor: the median of ``reps`` interleaved rounds after a warm-up run
+    (``runs_s``: each)."""
     rows: list[Row] = []
     for records, chunks, latency in ((1200, 30, 0), (4000, 100, 200)):
         text = _records(records)
         chunk_size = math.ceil(len(text.encode()) / chunks) + 80
         with ScriptedModelServer(count_label_plan(chunk_size=chunk_size), subcall_latency_ms=latency) as model, \
-                tempfile.TemporaryDirectory() as tmp:
-            for executor in executors:
-                results = []
-                with RLM(_config(executor, model.url, Path(tmp))) as rlm:
-                    rlm.invoke(text, question="How many records are ERROR?")  # warm up
-                    for _ in range(reps):
-                        _pool_ready(rlm)
-                        results.append(rlm.invoke(text, question="How many records are ERROR?"))
-                walls = [r.metrics.wall_seconds for r in results]
-                ideal = math.ceil(results[0].metrics.subcalls / 16) * latency / 1000
-                progress(f"jobs: {records} records, {executor} {statistics.median(walls):.3f} s (median of {reps})")
-                rows.append({"job": f"{records} records, {results[0].metrics.subcalls} chunks, {latency} ms",
-                             "executor": executor, "wall_s": statistics.median(walls),
-                             "runs_s": " / ".join(f"{w:.2f}" for w in walls),
-                             "ok": all(r.success and r.answer == str(text.count("ERROR")) for r in results),
-                             "ideal_subcall_waves_s": ideal})
+                tempfile.TemporaryDirectory() as tmp, _opened(executors, model.url, Path(tmp)) as rlms:
+            results: dict[str, list] = {executor: [] for executor in executors}
+            for rlm in rlms.values():
+                rlm.invoke(text, question="How many records are ERROR?")  # warm up
+            for round_ in range(reps):
+                progress(f"jobs: {records} records, round {round_ + 1} of {reps}")
+                for executor, rlm in rlms.items():
+                    _all_ready(rlms)
+                    results[executor].append(rlm.invoke(text, question="How many records are ERROR?"))
+        for executor, runs in results.items():
+            walls = [r.metrics.wall_seconds for r in runs]
+            ideal = math.ceil(runs[0].metrics.subcalls / 16) * latency / 1000
+            progress(f"jobs: {records} records, {executor} {statistics.median(walls):.3f} s (median of {reps})")
+            rows.append({"job": f"{records} records, {runs[0].metrics.subcalls} chunks, {latency} ms",
+                         "executor": executor, "wall_s": statistics.median(walls),
+                         "runs_s": " / ".join(f"{w:.2f}" for w in walls),
+                         "ok": all(r.success and r.answer == str(text.count("ERROR")) for r in runs),
+                         "ideal_subcall_waves_s": ideal})
     return rows
 
 
