@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # The shell of the agent's commands (images/sandbox/agent-shell.sh): the OOM killer's first choice, and under
 # gVisor the limits of hardening.gvisor_limits. Not BASH_ENV: the CLI unsets it for its commands.
 IMAGE_PLUMBING = {"CLAUDE_CODE_SHELL": hardening.AGENT_SHELL}
+CREATE_SETTLE_S = 60.0  # how long a cancelled start waits for the engine's answer to its create call
 
 
 def sandbox_places(channel: BrokerChannel) -> SandboxPlaces:
@@ -110,8 +111,7 @@ class ContainerSandbox(Sandbox):
         )
         api = self.engine.api
         with docker_errors("create the agent container", self.engine.ref):
-            container_id = await asyncio.to_thread(self._create, api, options)
-        self._container_ids.append(container_id)
+            container_id = await self._created(asyncio.ensure_future(asyncio.to_thread(self._create, api, options)))
         await self.workspace.created(container_id)
         with docker_errors("attach to the agent container", self.engine.ref):
             attached = await asyncio.to_thread(
@@ -133,6 +133,22 @@ class ContainerSandbox(Sandbox):
             for container_id in self._container_ids:
                 await asyncio.to_thread(self.engine.api.update_container, container_id,
                                         cpu_shares=hardening.ACTIVE_CPU_SHARES)
+
+    async def _created(self, create: asyncio.Future[str]) -> str:
+        """The new container's id, recorded for close() even when the caller is cancelled meanwhile.
+
+        The engine call runs in a thread that a cancellation does not stop (a warm pool closed while it
+        fills): the container then appears after the caller has given up, and close() would miss it. So
+        a cancellation waits for the engine's answer, records what it made, and is raised after.
+        """
+        try:
+            container_id = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._container_ids.append(await asyncio.wait_for(create, CREATE_SETTLE_S))
+            raise
+        self._container_ids.append(container_id)
+        return container_id
 
     @staticmethod
     def _create(api, options: hardening.ContainerOptions) -> str:

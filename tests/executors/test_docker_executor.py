@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from fsrlm.executors.docker import cleanup, hardening
 from fsrlm.executors.docker.errors import EngineRef, docker_errors
 from fsrlm.executors.docker.executor import DockerExecutor
 from fsrlm.executors.docker.handback import chown_tree
+from fsrlm.executors.docker.sandbox import ContainerSandbox
 from fsrlm.executors.docker.image import cli_binary
 from fsrlm.executors.docker.sharedcli import neutral_dir
 from fsrlm.executors.liveness import orchestrator_id
@@ -282,6 +284,37 @@ async def test_removed_from_outside_then_close_cleans_up(docker_image, make_spec
     result = await asyncio.wait_for(process.wait(), 30)
     assert result.exit_code is None and "removed" in result.stderr_tail
     await sandbox.close()
+    assert run_objects(docker_client, spec.run_id) == []
+
+
+@pytest.mark.docker
+async def test_cancelled_while_the_engine_creates_the_container_then_close_cleans_up(
+    docker_image, make_spec, docker_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start cancelled mid-create (a warm pool closed while it fills): the engine still makes the container,
+    after the cancellation; close() must wait for it and remove it, not miss it."""
+    created = threading.Event()
+    real_create = ContainerSandbox._create
+
+    def slow_create(api, options):
+        time.sleep(0.5)  # the engine answers after the caller has given up
+        try:
+            return real_create(api, options)
+        finally:
+            created.set()
+
+    monkeypatch.setattr(ContainerSandbox, "_create", staticmethod(slow_create))
+    executor = await _ready_executor()
+    spec = make_spec()
+    sandbox = await executor.prepare(spec)
+    start = asyncio.ensure_future(sandbox.start_agent(["--version"]))
+    await asyncio.sleep(0.1)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await sandbox.close()
+    assert created.wait(10)
+    await asyncio.sleep(0.5)
     assert run_objects(docker_client, spec.run_id) == []
 
 
