@@ -3,18 +3,22 @@
 The SDK speaks the CLI's stream-json control protocol; ``SandboxTransport``
 gives it the stdin/stdout of a process that the executor started — a host
 process, or one inside a container — so the same SDK code drives both.
+``initialize_ahead`` opens that protocol before the run does (a warm slot's CLI).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from claude_agent_sdk import Transport
 
 from fsrlm.config import RLMConfig
+from fsrlm.errors import SandboxError
 from fsrlm.prompts import system_append
 
 from fsrlm.executors.base import AgentProcess, ExecResult, Sandbox
@@ -96,3 +100,87 @@ class SandboxTransport(Transport):
     async def close(self) -> None:
         if self.process is not None:
             await self.process.kill()
+
+
+# -- initializing a CLI ahead of its run (a warm slot) ----------------------------------
+#
+# The control request the SDK opens every session with, as it sends it for fsrlm's options (no hooks, no
+# agents, no MCP servers: fsrlm.run passes ClaudeAgentOptions() as they are). A warm slot sends it first
+# under its own id; the run's SDK sends its own later, and the CLI answers that one too.
+INITIALIZE_REQUEST = {"subtype": "initialize", "hooks": None}
+WARM_INITIALIZE_ID = "fsrlm_warm_initialize"
+INITIALIZE_TIMEOUT_S = 60.0  # the SDK's own default wait for the answer
+
+
+class InitializedAgent(AgentProcess):
+    """A CLI after its ``initialize`` answer: the same process, its stdout read on from there."""
+
+    def __init__(self, process: AgentProcess, lines: AsyncIterator[bytes], held: deque[bytes]) -> None:
+        self._process = process
+        self._lines = lines  # the one reader of the process's stdout, already started
+        self._held = held  # lines the CLI wrote before its answer: the run's SDK reads them first
+
+    @property
+    def running(self) -> bool:
+        return bool(getattr(self._process, "running", True))
+
+    def arm_timeout(self, seconds: float) -> None:
+        arm = getattr(self._process, "arm_timeout", None)
+        if arm is not None:
+            arm(seconds)
+
+    async def write(self, data: bytes) -> None:
+        await self._process.write(data)
+
+    async def close_stdin(self) -> None:
+        await self._process.close_stdin()
+
+    async def stdout_lines(self) -> AsyncIterator[bytes]:
+        while self._held:
+            yield self._held.popleft()
+        async for line in self._lines:
+            yield line
+
+    async def wait(self) -> ExecResult:
+        return await self._process.wait()
+
+    async def kill(self) -> None:
+        await self._process.kill()
+
+
+async def initialize_ahead(process: AgentProcess, timeout: float = INITIALIZE_TIMEOUT_S) -> InitializedAgent:
+    """Send the SDK's ``initialize`` request to a freshly started CLI and wait for its answer.
+
+    The CLI holds part of its start-up until its host has initialized it; a warm slot does this ahead
+    of its run, so that work is not done beside the run's first turn. Raises ``SandboxError`` when the
+    CLI refuses, ends or does not answer within ``timeout``: the slot is then never used.
+    """
+    lines = process.stdout_lines()
+    held: deque[bytes] = deque()
+    request = {"type": "control_request", "request_id": WARM_INITIALIZE_ID, "request": INITIALIZE_REQUEST}
+    await process.write(json.dumps(request).encode() + b"\n")
+    try:
+        async with asyncio.timeout(timeout):
+            async for line in lines:
+                response = _initialize_response(line)
+                if response is None:
+                    held.append(line)
+                    continue
+                if response.get("subtype") != "success":
+                    raise SandboxError(f"the warm sandbox's CLI refused to initialize: {response.get('error')}")
+                return InitializedAgent(process, lines, held)
+    except TimeoutError:
+        raise SandboxError(f"the warm sandbox's CLI did not answer its initialize request within {timeout:g} s")
+    raise SandboxError("the warm sandbox's CLI ended before it answered its initialize request")
+
+
+def _initialize_response(line: bytes) -> dict | None:
+    """The ``response`` of the slot's own initialize answer, or None for any other line."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != "control_response":
+        return None
+    response = message.get("response")
+    return response if isinstance(response, dict) and response.get("request_id") == WARM_INITIALIZE_ID else None

@@ -42,18 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-from fsrlm.agent import run_argv
+from fsrlm.agent import InitializedAgent, initialize_ahead, run_argv
 from fsrlm.broker.endpoint import BrokerEndpoint, BrokerSocket
 from fsrlm.config import RLMConfig
 from fsrlm.errors import FsrlmError, SandboxError
-from fsrlm.executors.base import AgentProcess, ExecResult, Executor, Sandbox, SandboxInfo, SandboxSpec
+from fsrlm.executors.base import AgentProcess, Executor, Sandbox, SandboxInfo, SandboxSpec
 from fsrlm.executors.contract import AgentContract
 from fsrlm.executors.registry import create_executor
 from fsrlm.workspace import Workspace
@@ -61,93 +59,11 @@ from fsrlm.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 
-# The control request the SDK opens every session with, as it sends it for fsrlm's options (no hooks, no
-# agents, no MCP servers: fsrlm.run passes ClaudeAgentOptions() as they are). A slot sends it first under its
-# own id; the run's SDK sends its own later, and the CLI answers that one too.
-INITIALIZE_REQUEST = {"subtype": "initialize", "hooks": None}
-WARM_INITIALIZE_ID = "fsrlm_warm_initialize"
-INITIALIZE_TIMEOUT_S = 60.0  # the SDK's own default wait for the answer
-
-
-class _InitializedAgent(AgentProcess):
-    """A slot's CLI after its ``initialize`` answer: the same process, its stdout read on from there."""
-
-    def __init__(self, process: AgentProcess, lines: AsyncIterator[bytes], held: deque[bytes]) -> None:
-        self._process = process
-        self._lines = lines  # the one reader of the process's stdout, already started
-        self._held = held  # lines the CLI wrote before its answer: the run's SDK reads them first
-
-    @property
-    def running(self) -> bool:
-        return bool(getattr(self._process, "running", True))
-
-    def arm_timeout(self, seconds: float) -> None:
-        arm = getattr(self._process, "arm_timeout", None)
-        if arm is not None:
-            arm(seconds)
-
-    async def write(self, data: bytes) -> None:
-        await self._process.write(data)
-
-    async def close_stdin(self) -> None:
-        await self._process.close_stdin()
-
-    async def stdout_lines(self) -> AsyncIterator[bytes]:
-        while self._held:
-            yield self._held.popleft()
-        async for line in self._lines:
-            yield line
-
-    async def wait(self) -> ExecResult:
-        return await self._process.wait()
-
-    async def kill(self) -> None:
-        await self._process.kill()
-
-
-async def initialize_agent(process: AgentProcess, timeout: float = INITIALIZE_TIMEOUT_S) -> _InitializedAgent:
-    """Send the SDK's ``initialize`` request to a freshly started CLI and wait for its answer.
-
-    The CLI holds part of its start-up until its host has initialized it; a slot does this ahead of
-    its run, so that work is not done beside the run's first turn. Raises ``SandboxError`` when the
-    CLI refuses, ends or does not answer within ``timeout``: the slot is then never used.
-    """
-    lines = process.stdout_lines()
-    held: deque[bytes] = deque()
-    request = {"type": "control_request", "request_id": WARM_INITIALIZE_ID, "request": INITIALIZE_REQUEST}
-    await process.write(json.dumps(request).encode() + b"\n")
-    try:
-        async with asyncio.timeout(timeout):
-            async for line in lines:
-                response = _initialize_response(line)
-                if response is None:
-                    held.append(line)
-                    continue
-                if response.get("subtype") != "success":
-                    raise SandboxError(f"the warm sandbox's CLI refused to initialize: {response.get('error')}")
-                return _InitializedAgent(process, lines, held)
-    except TimeoutError:
-        raise SandboxError(f"the warm sandbox's CLI did not answer its initialize request within {timeout:g} s")
-    raise SandboxError("the warm sandbox's CLI ended before it answered its initialize request")
-
-
-def _initialize_response(line: bytes) -> dict | None:
-    """The ``response`` of the slot's own initialize answer, or None for any other line."""
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("type") != "control_response":
-        return None
-    response = message.get("response")
-    return response if isinstance(response, dict) and response.get("request_id") == WARM_INITIALIZE_ID else None
-
-
 class WarmSlot:
     """One sandbox started ahead of time for one future run. An executor for exactly that run's spec."""
 
     def __init__(self, *, run_id: str, token: str, workspace: Workspace, socket: BrokerSocket, sandbox: Sandbox,
-                 process: _InitializedAgent, argv: list[str], system: str | None,
+                 process: InitializedAgent, argv: list[str], system: str | None,
                  info: SandboxInfo | None = None) -> None:
         self.run_id = run_id
         self.info = info  # which kernel the pool's executor chose
@@ -223,10 +139,10 @@ class WarmSlot:
 class _WarmSandbox(Sandbox):
     """The slot's sandbox, handed to its one run: ``start_agent`` returns the CLI already running."""
 
-    def __init__(self, slot: WarmSlot, process: _InitializedAgent, timeout_seconds: float) -> None:
+    def __init__(self, slot: WarmSlot, process: InitializedAgent, timeout_seconds: float) -> None:
         self._slot = slot
         self._inner = slot._sandbox
-        self._process: _InitializedAgent | None = process
+        self._process: InitializedAgent | None = process
         self._argv = slot._argv
         self._timeout = timeout_seconds
         self.cli_path = self._inner.cli_path
@@ -327,7 +243,7 @@ class WarmPool:
                                standby=True)
             sandbox = await self._executor.prepare(spec)
             argv = run_argv(config, limits_of(config).model_dump(), system)
-            process = await initialize_agent(await sandbox.start_agent(argv))
+            process = await initialize_ahead(await sandbox.start_agent(argv))
         except BaseException:
             if sandbox is not None:
                 with contextlib.suppress(SandboxError):

@@ -1,4 +1,4 @@
-"""A warm slot initializes its CLI ahead of its run: the handshake, on a process that speaks the protocol.
+"""Initializing a CLI ahead of its run (a warm slot's): the handshake, on a process that speaks the protocol.
 
 The process here is an in-memory pipe pair, so each way the CLI can answer (or not) is exact; the
 real CLI answering it, and then the run's own ``initialize``, is covered by every run in test_warm.py.
@@ -14,7 +14,7 @@ import pytest
 
 from fsrlm.errors import SandboxError
 from fsrlm.executors.base import AgentProcess, ExecResult
-from fsrlm.warm import INITIALIZE_REQUEST, WARM_INITIALIZE_ID, initialize_agent
+from fsrlm.agent import INITIALIZE_REQUEST, WARM_INITIALIZE_ID, initialize_ahead
 
 
 class PipeProcess(AgentProcess):
@@ -67,7 +67,7 @@ def test_the_answer_is_the_slots_and_every_other_line_reaches_the_run() -> None:
         cli = PipeProcess()
         early = {"type": "system", "subtype": "background_tasks_changed"}
         cli.say(early, b"not json", _answer(request_id="someone-else"), _answer(response={"commands": []}))
-        agent = await initialize_agent(cli)
+        agent = await initialize_ahead(cli)
         assert cli.written == [{"type": "control_request", "request_id": WARM_INITIALIZE_ID,
                                 "request": INITIALIZE_REQUEST}]
         cli.say(_answer(request_id="req_1_sdk"))  # the run's own initialize, answered by the CLI
@@ -135,7 +135,7 @@ def test_a_cli_that_does_not_initialize_is_never_a_slot(answer, message) -> None
         cli = PipeProcess()
         cli.say(*answer)
         with pytest.raises(SandboxError, match=message):
-            await initialize_agent(cli)
+            await initialize_ahead(cli)
 
     asyncio.run(main())
 
@@ -143,6 +143,6 @@ def test_a_cli_that_does_not_initialize_is_never_a_slot(answer, message) -> None
 def test_a_cli_that_does_not_answer_in_time_is_never_a_slot() -> None:
     async def main() -> None:
         with pytest.raises(SandboxError, match="did not answer its initialize request within 0.05 s"):
-            await initialize_agent(PipeProcess(), timeout=0.05)
+            await initialize_ahead(PipeProcess(), timeout=0.05)
 
     asyncio.run(main())
