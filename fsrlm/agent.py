@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from claude_agent_sdk import Transport
+from claude_agent_sdk import ClaudeAgentOptions, Transport
 
 from fsrlm.config import RLMConfig
 from fsrlm.errors import SandboxError
@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 # What the agent may use: files in its workspace, a shell, and skills. No web tools.
 ALLOWED_TOOLS = ("Bash", "Read", "Write", "Edit", "Glob", "Grep", "TodoWrite", "Skill")
 DISALLOWED_TOOLS = ("WebFetch", "WebSearch", "NotebookEdit")
+
+
+def agent_options() -> ClaudeAgentOptions:
+    """The SDK options of every run: none beyond the defaults (the CLI's arguments carry the run's settings).
+    A warm slot's ``initialize`` request is the one the SDK sends for these (``INITIALIZE_REQUEST``)."""
+    return ClaudeAgentOptions()
 
 
 def run_argv(config: RLMConfig, limits: dict[str, Any], system: str | None, resume: str | None = None) -> list[str]:
@@ -104,8 +110,8 @@ class SandboxTransport(Transport):
 
 # -- initializing a CLI ahead of its run (a warm slot) ----------------------------------
 #
-# The control request the SDK opens every session with, as it sends it for fsrlm's options (no hooks, no
-# agents, no MCP servers: fsrlm.run passes ClaudeAgentOptions() as they are). A warm slot sends it first
+# The control request the SDK opens every session with, as it sends it for ``agent_options()`` (no hooks,
+# no agents, no MCP servers). A warm slot sends it first
 # under its own id; the run's SDK sends its own later, and the CLI answers that one too.
 INITIALIZE_REQUEST = {"subtype": "initialize", "hooks": None}
 WARM_INITIALIZE_ID = "fsrlm_warm_initialize"

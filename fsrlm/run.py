@@ -18,14 +18,13 @@ from typing import Any
 
 from claude_agent_sdk import (
     AssistantMessage,
-    ClaudeAgentOptions,
     ResultMessage,
     SystemMessage,
     query,
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fsrlm.agent import SandboxTransport, run_argv
+from fsrlm.agent import SandboxTransport, agent_options, run_argv
 from fsrlm.broker import Broker, BrokerSettings, RunLimits, SharedLedger
 from fsrlm.broker.server import LIMIT_STATUS
 from fsrlm.broker.upstreams import check_credentials
@@ -328,7 +327,7 @@ async def _drive_agent(sandbox: Sandbox, argv: list[str], prompt: str, timeout: 
     poller = asyncio.create_task(_poll_artifacts(events))
     try:
         async with asyncio.timeout(timeout):
-            async for message in query(prompt=prompt, options=ClaudeAgentOptions(), transport=transport):
+            async for message in query(prompt=prompt, options=agent_options(), transport=transport):
                 if isinstance(message, SystemMessage) and message.subtype == "init":
                     outcome.session_id = message.data.get("session_id") or outcome.session_id
                     record_state()

@@ -83,8 +83,10 @@ def test_the_answer_is_the_slots_and_every_other_line_reaches_the_run() -> None:
 
 
 def test_the_sdk_sends_what_the_slot_sent() -> None:
-    """The slot's request is the one the SDK opens a run with: ``query`` with fsrlm.run's options."""
-    from claude_agent_sdk import ClaudeAgentOptions, Transport, query
+    """The slot's request is the one the SDK opens a run with: ``query`` with the runs' options."""
+    from claude_agent_sdk import Transport, query
+
+    from fsrlm.agent import agent_options
 
     sent: list[dict] = []
 
@@ -118,7 +120,7 @@ def test_the_sdk_sends_what_the_slot_sent() -> None:
             self.out.put_nowait(None)
 
     async def main() -> None:
-        async for _ in query(prompt="q", options=ClaudeAgentOptions(), transport=CLI()):
+        async for _ in query(prompt="q", options=agent_options(), transport=CLI()):
             pass
 
     asyncio.run(main())
