@@ -52,6 +52,15 @@ def test_what_is_missing_is_named_with_what_to_do():
     assert c["storage driver"].status == "info" and "share_cli" in c["storage driver"].fix
 
 
+def test_fuse_overlayfs_is_named_with_the_driver_that_avoids_its_cost():
+    checks, _ = checks_of(engine_info(Driver="fuse-overlayfs"), DockerExecutorConfig(), engine="the Docker engine")
+    fix = by_name(checks)["storage driver"].fix
+    assert by_name(checks)["storage driver"].status == "info"
+    assert "share_cli" in fix and "overlay2" in fix and "/proc/filesystems" in fix
+    vfs, _ = checks_of(engine_info(Driver="vfs"), DockerExecutorConfig(), engine="the Docker engine")
+    assert "overlay2" not in by_name(vfs)["storage driver"].fix
+
+
 def test_runtime_rows_depend_on_the_executor():
     info = engine_info(Runtimes={"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc",
                                                                     "runtimeArgs": ["--network=none"]}})
