@@ -141,8 +141,8 @@ def checks_of(
         fix = ("reads through this driver are slow: keep executor.share_cli on (the default) so the 400 MB CLI "
                "is not read through it on every run")
     if driver == "fuse-overlayfs":
-        # Measured in a sandbox: stat("/usr") 25-30 us against 3 us for a path below it or on the host, and
-        # the CLI resolves absolute paths by the thousand per tool call.
+        # Measured in a sandbox: stat("/usr") 27-31 us against 3 us for a path below it or on the host, and
+        # the CLI looks up about 2,500 absolute paths in a 2-turn run (benchmarks/README.md, third pass).
         fix += ("; every lookup of a name at the sandbox's root also goes to the FUSE process (about 10 times "
                 "the cost of the host's): give dockerd overlay2 where the kernel has overlay (grep overlay "
                 "/proc/filesystems)")
